@@ -1,0 +1,85 @@
+"""`olmo2 <verb>`: one command line across the lifecycle.
+
+    olmo2 init       a randomly initialised checkpoint from a preset (HF format)
+    olmo2 info       config, parameter count, bytes per dtype of a checkpoint
+    olmo2 score      per-token log-probs, NLL and bits per byte of a text
+    olmo2 generate   stream a continuation of a prompt
+    olmo2 chat       interactive chat with the OLMo 2 (tulu) template
+    olmo2 data ...   demo corpus, tokenization into shards
+    olmo2 train      the training loop (any stage; torchrun for many processes)
+    olmo2 soup       average checkpoints
+    olmo2 replicate  the whole recipe end to end (the tiny one runs on a laptop)
+
+Each verb lives in `olmo2/commands/<stage>_cmds.py` and registers its own flags; this file
+only wires them up and owns the one place where user errors are printed: an `Olmo2Error`
+becomes `error: <one line>` on stderr and exit code 2; `--debug` adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+from olmo2.errors import Olmo2Error
+
+# Verb modules in the order their verbs appear in --help.
+VERB_MODULES = [
+    "olmo2.commands.model_cmds",
+    "olmo2.commands.gen_cmds",
+    "olmo2.commands.data_cmds",
+    "olmo2.commands.train_cmds",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="olmo2", description="OLMo 2 from raw text to a laptop.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module: surface it
+                raise
+            continue  # a verb group not installed in this build
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--debug` is accepted anywhere on the line, not only before the verb.
+    debug = "--debug" in argv or os.environ.get("OLMO2_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except Olmo2Error as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unreadable input, unwritable output, disk full: the user's to fix
+        if debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
