@@ -1,0 +1,37 @@
+# The README's two commands live here: `make demo` (the main job, offline) and `make test`.
+# Everything runs from a project-local virtualenv that `setup` creates from nothing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: setup demo demo-quick test test-all bench clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned (==2.13.0, a CPU wheel here); transformers is the parity reference.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Tokenize the offline demo corpus, pretrain, anneal x3 seeds, soup, evaluate, report,
+# print generations, and leave an HF checkpoint that `olmo2 chat` loads.
+demo: setup
+	$(VENV)/bin/olmo2 replicate --recipe tiny
+
+demo-quick: setup
+	$(VENV)/bin/olmo2 replicate --recipe tiny --quick
+
+# The suite CI runs (.ci/run calls exactly this). Slow tests: `make test-all`.
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ''
+
+bench: setup
+	$(PY) benchmarks/cpu_decode.py
+	$(PY) benchmarks/cpu_train.py
+
+clean:
+	rm -rf $(VENV) runs
