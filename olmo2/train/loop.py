@@ -1,0 +1,377 @@
+"""The one training loop (pretrain, anneal, SFT, DPO differ only by TrainConfig and data).
+
+    from olmo2.train.loop import train
+    result = train(preset("olmo2-1b"), TrainConfig(), loader, "runs/stage1")
+    # many processes:  torchrun --nproc-per-node 8 -m olmo2 train ...   (see train_main)
+
+Data protocol (`data`): any object that is iterable and yields dicts with
+    input_ids  LongTensor [B_local, T]
+    labels     LongTensor [B_local, T]   UNSHIFTED: labels[:, t] = input_ids[:, t] or -100;
+                                         the loop shifts (logits[:, :-1] vs labels[:, 1:])
+one dict per optimizer step, B_local = global_batch_size / world_size (this rank's rows),
+and, for resume, `state_dict() -> dict` (the position AFTER the last batch handed out;
+so no prefetching iterators) and `load_state_dict(dict)` (then `iter()` is called anew).
+`olmo2.data.loader.Loader` implements it.
+
+Per step: micro-batches of `micro_batch_size` rows run forward/backward with the loss
+    (Σ CE + z_coeff · Σ logsumexp²) over non-ignored tokens / N_global
+where N_global counts the non-ignored target tokens of the whole global batch (all
+micro-batches, all-reduced over ranks first), so accumulation and world size do not change
+the gradient. Then global-norm clipping, and an AdamW step unless the loss or the grad norm
+is NaN/Inf (then the step is skipped and logged; `max_consecutive_skips` in a row abort
+with an Olmo2Error naming the last good checkpoint). The LR of step n is
+schedule.lr(n × tokens_per_step): tokens include the step being taken.
+
+Hooks: `callbacks` get `on_step_end(state)`, `on_checkpoint(path)`, `on_train_end(result)`;
+`eval_hook(model, state) -> dict | None` runs every `eval_every` steps and at the end.
+Test-only: env OLMO2_TEST_SIGKILL_AFTER_STEP=k SIGKILLs the process after step k.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from olmo2.config import ModelConfig
+from olmo2.errors import CheckpointError, DataError, Olmo2Error
+from olmo2.progress import Progress
+from olmo2.train import parallel, state as ckpt
+from olmo2.train.config import TrainConfig
+from olmo2.train.metrics import MetricsLogger, memory_gb, peak_flops
+from olmo2.train.optim import build_optimizer, set_lr
+from olmo2.train.schedule import build_schedule
+
+IGNORE_INDEX = -100
+KILL_ENV = "OLMO2_TEST_SIGKILL_AFTER_STEP"
+
+
+@dataclass
+class TrainState:
+    """What callbacks and the eval hook see after each step."""
+    step: int
+    tokens: int
+    loss: float = float("nan")
+    z_loss: float = 0.0
+    grad_norm: float = float("nan")
+    lr: float = 0.0
+    skipped: bool = False
+    consecutive_skips: int = 0
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    out_dir: Path | None = None
+    last_checkpoint: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    tokens: int
+    losses: list[float]                 # CE per step taken in this call (NaN for skipped)
+    checkpoints: list[Path]             # complete checkpoints in out_dir at the end
+    last_checkpoint: Path | None
+    metrics_path: Path
+    loss_png: Path | None
+    resumed_from: Path | None = None
+    model: nn.Module | None = field(default=None, repr=False)
+
+
+class Callback:
+    """Base class for loop plug-ins (eval, checkpoint averaging, ...); override what you need."""
+
+    def on_step_end(self, state: TrainState) -> None: ...
+
+    def on_checkpoint(self, path: Path) -> None: ...
+
+    def on_train_end(self, result: TrainResult) -> None: ...
+
+
+def lm_loss_sums(logits: torch.Tensor, labels: torch.Tensor, z_coeff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ CE, Σ logsumexp²) over non-ignored next-token targets; labels unshifted, fp32 math."""
+    logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    target = labels[:, 1:].reshape(-1)
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    if z_coeff == 0:
+        return ce, ce.new_zeros(())
+    lse = torch.logsumexp(logits, dim=-1)
+    z = (lse.pow(2) * (target != IGNORE_INDEX)).sum()
+    return ce, z
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _pick_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        return ckpt.latest_checkpoint(out_dir)
+    p = Path(cfg.resume)
+    if not (p / "train_state.json").exists():
+        raise CheckpointError(f"resume={cfg.resume}: not a complete checkpoint directory (no train_state.json)")
+    return p
+
+
+def _done(cfg: TrainConfig, step: int, tokens: int) -> bool:
+    return (cfg.max_steps is not None and step >= cfg.max_steps) or \
+           (cfg.max_tokens is not None and tokens >= cfg.max_tokens)
+
+
+def _scalar(t) -> float:
+    if hasattr(t, "full_tensor"):  # DTensor grad norm under FSDP2
+        t = t.full_tensor()
+    return float(t)
+
+
+def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | os.PathLike,
+          eval_hook: Callable[[nn.Module, TrainState], dict | None] | None = None,
+          callbacks: list[Callback] | tuple = (), model: nn.Module | None = None) -> TrainResult:
+    """Train (or resume) per train_cfg on `data` (see the module docstring), writing
+    checkpoints, metrics.jsonl and loss.png under out_dir. `model` overrides building
+    `Olmo2(model_cfg)` with the OLMo init (it must be an unwrapped Olmo2 on CPU)."""
+    cfg = train_cfg
+    out_dir = Path(out_dir)
+    device = parallel.init_distributed()
+    rank, world = parallel.rank(), parallel.world_size()
+    if cfg.global_batch_size % (world * cfg.micro_batch_size):
+        raise Olmo2Error(f"global_batch_size {cfg.global_batch_size} must be a multiple of world_size × "
+                         f"micro_batch_size = {world} × {cfg.micro_batch_size}")
+    local_batch = cfg.global_batch_size // world
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    _seed_all(cfg.seed)
+
+    if model is None:
+        from olmo2.model import Olmo2
+        model = Olmo2(model_cfg)
+        model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
+    n_params = sum(p.numel() for p in model.parameters())
+    flop_params = n_params - model.model.embed_tokens.weight.numel()  # a lookup costs no matmul
+    mode = parallel.resolve_parallel(cfg)
+    model = parallel.parallelize(model, cfg, parallel.build_mesh(device), device)
+    model.train()
+    optimizer = build_optimizer(model, cfg)
+    schedule = build_schedule(cfg)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if parallel.use_autocast(cfg, device)
+                else contextlib.nullcontext())
+    scale = parallel.grad_scale(mode)
+
+    # ---- resume / warm start -----------------------------------------------------
+    step = tokens = skips = 0
+    resumed = _pick_resume(cfg, out_dir)
+    if resumed is not None:
+        st = ckpt.load_checkpoint(resumed, model, optimizer, full=True)
+        step, tokens, skips = int(st["step"]), int(st["tokens"]), int(st.get("consecutive_skips", 0))
+        if st.get("data") is not None:
+            if not hasattr(data, "load_state_dict"):
+                raise DataError("resuming needs a data source with load_state_dict(); got " + type(data).__name__)
+            data.load_state_dict(st["data"])
+        parallel.print0(f"resumed from {resumed} (step {step}, {tokens:,} tokens)")
+    elif cfg.init_from:
+        ckpt.load_checkpoint(cfg.init_from, model, optimizer, full=False)
+        parallel.print0(f"warm start from {cfg.init_from}: weights + AdamW moments; fresh schedule and data")
+
+    logger = MetricsLogger(out_dir, enabled=rank == 0, resume_step=step if resumed else None,
+                           wandb_project=cfg.wandb_project, tensorboard=cfg.tensorboard,
+                           config=cfg.to_dict())
+    peak = peak_flops(cfg.peak_flops, device)
+    state = TrainState(step=step, tokens=tokens, consecutive_skips=skips, model=model,
+                       optimizer=optimizer, out_dir=out_dir, last_checkpoint=resumed)
+    kill_at = int(os.environ.get(KILL_ENV, "-1"))
+    losses: list[float] = []
+    progress = None
+    last_saved = step if resumed else None
+
+    def save() -> None:
+        nonlocal last_saved
+        data_state = data.state_dict() if hasattr(data, "state_dict") else None
+        path = ckpt.save_checkpoint(out_dir, step, model, optimizer, data_state=data_state,
+                                    train_state={"tokens": tokens, "consecutive_skips": skips},
+                                    model_cfg=model_cfg, train_cfg=cfg, keep_last=cfg.keep_last)
+        state.last_checkpoint, last_saved = path, step
+        logger.plot()
+        for cb in callbacks:
+            cb.on_checkpoint(path)
+
+    def run_eval() -> None:
+        if eval_hook is not None:
+            res = eval_hook(model, state)
+            if res:
+                logger.log({"step": step, "tokens": tokens, **{f"eval/{k}": v for k, v in res.items()}})
+
+    it = iter(data)
+    try:
+        while not _done(cfg, step, tokens):
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                parallel.print0(f"data exhausted after step {step}; stopping")
+                break
+            ids, labels = batch["input_ids"], batch["labels"]
+            B, T = ids.shape
+            if B != local_batch or labels.shape != ids.shape:
+                raise DataError(f"batch input_ids {tuple(ids.shape)} / labels {tuple(labels.shape)}: expected "
+                                f"{local_batch} rows per rank (global_batch_size {cfg.global_batch_size} / "
+                                f"world_size {world}) and equal shapes")
+            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            step_tokens = cfg.global_batch_size * T
+            lr = schedule.lr(tokens + step_tokens)
+            set_lr(optimizer, lr)
+            n_global = parallel.all_reduce_sum((labels[:, 1:] != IGNORE_INDEX).sum().to(torch.float32))
+            denom = n_global.clamp(min=1.0)
+
+            sums = torch.zeros(2, device=device)
+            n_micro = B // cfg.micro_batch_size
+            for i in range(n_micro):
+                sl = slice(i * cfg.micro_batch_size, (i + 1) * cfg.micro_batch_size)
+                sync = contextlib.nullcontext()
+                if mode == "ddp" and i < n_micro - 1:
+                    sync = model.no_sync()
+                with sync:
+                    with autocast:
+                        logits = model(ids[sl])
+                    ce, z = lm_loss_sums(logits, labels[sl], cfg.z_loss_coeff)
+                    loss = (ce + cfg.z_loss_coeff * z) / denom
+                    (loss * scale).backward()
+                sums += torch.stack([ce.detach(), z.detach()])
+                del logits, loss
+            sums = parallel.all_reduce_sum(sums) / denom
+            ce_loss, z_loss = float(sums[0]), cfg.z_loss_coeff * float(sums[1])
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+            gnorm = _scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            finite = math.isfinite(ce_loss) and math.isfinite(z_loss) and math.isfinite(gnorm)
+            if finite:
+                optimizer.step()
+                skips = 0
+            else:
+                skips += 1
+                parallel.print0(f"step {step + 1}: non-finite loss {ce_loss} / grad norm {gnorm}; "
+                                f"skipping the update ({skips} in a row)")
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += step_tokens
+            losses.append(ce_loss)
+
+            dt = time.perf_counter() - t0
+            tps = step_tokens / dt if dt > 0 else 0.0
+            mfu = 6 * flop_params * tps / (peak * world) if peak else None
+            state.step, state.tokens, state.loss, state.z_loss = step, tokens, ce_loss, z_loss
+            state.grad_norm, state.lr, state.skipped, state.consecutive_skips = gnorm, lr, not finite, skips
+            if step % cfg.log_every == 0 or not finite:
+                logger.log({"step": step, "tokens": tokens, "loss": ce_loss, "z_loss": z_loss,
+                            "total_loss": ce_loss + z_loss, "grad_norm": gnorm, "lr": lr,
+                            "tokens_per_s": tps, "mfu": mfu, "mem_gb": memory_gb(device),
+                            "skipped": not finite, "time": time.time()})
+            if progress is None:
+                total = cfg.max_tokens if cfg.max_tokens is not None else cfg.max_steps * step_tokens
+                if cfg.max_steps is not None:
+                    total = min(total, cfg.max_steps * step_tokens)
+                progress = Progress(max(total - tokens + step_tokens, 1), desc="train", unit="tok",
+                                    enabled=cfg.progress and rank == 0)
+            progress.update(step_tokens, step=step, loss=ce_loss, lr=lr)
+            for cb in callbacks:
+                cb.on_step_end(state)
+            if skips >= cfg.max_consecutive_skips:
+                where = f"the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint \
+                    else "no checkpoint was written"
+                raise Olmo2Error(f"training diverged: {skips} consecutive steps with non-finite loss or "
+                                 f"grad norm (up to step {step}); {where}; lower lr or check the data")
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                run_eval()
+            if cfg.save_every and step % cfg.save_every == 0 and finite:
+                save()
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if cfg.save_final and last_saved != step and skips == 0:
+            save()
+        if not (cfg.eval_every and step % cfg.eval_every == 0):
+            run_eval()
+    finally:
+        if progress is not None:
+            progress.close()
+        png = logger.plot()
+        logger.close()
+    result = TrainResult(step=step, tokens=tokens, losses=losses, checkpoints=[p for _, p in ckpt.list_checkpoints(out_dir)],
+                         last_checkpoint=state.last_checkpoint, metrics_path=out_dir / "metrics.jsonl",
+                         loss_png=png, resumed_from=resumed, model=model)
+    for cb in callbacks:
+        cb.on_train_end(result)
+    return result
+
+
+# ---- command-line entry (wired to `olmo2 train` by the CLI) ---------------------------
+def _field_type(f, default: Any):
+    ann = str(f.type)
+    for name, typ in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if ann.startswith(name):
+            return typ
+    return type(default)
+
+
+def build_arg_parser(parser=None):
+    """argparse parser: model/data/out options plus one --flag per TrainConfig field."""
+    import argparse
+    import dataclasses
+
+    from olmo2.train.config import field_docs
+    p = parser or argparse.ArgumentParser(prog="olmo2 train", description="Train or resume an OLMo 2 model.")
+    p.add_argument("--data", nargs="+", required=True, help="tokenized shard dirs (olmo2 data tokenize output)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png")
+    p.add_argument("--preset", default="olmo2-1b", help="model preset (olmo2.config.PRESETS)")
+    p.add_argument("--vocab-size", type=int, default=None, help="override the preset's vocab size")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json checked against the shard metadata")
+    docs = field_docs()
+    for f in dataclasses.fields(TrainConfig):
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        help_ = docs.get(f.name, "") + f" (default: {default})"
+        if f.name == "betas":
+            p.add_argument(flag, type=float, nargs=2, default=None, help=help_)
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            typ = _field_type(f, default)
+            p.add_argument(flag, type=lambda s, t=typ: None if s.lower() == "none" else t(float(s) if t is int else s),
+                           default=None, help=help_)
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`olmo2 train ...` / `torchrun --nproc-per-node N -m olmo2 train ...`: parse, build the
+    rank's Loader, train. Only flags given on the command line override TrainConfig defaults."""
+    import dataclasses
+
+    from olmo2.config import preset
+    from olmo2.data.loader import Loader
+    args = build_arg_parser().parse_args(argv)
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    cfg = TrainConfig(**kw)
+    model_cfg = preset(args.preset)
+    if args.vocab_size:
+        model_cfg = model_cfg.replace(vocab_size=args.vocab_size)
+    parallel.init_distributed()
+    try:
+        loader = Loader.from_dirs(args.data, seq_len=cfg.seq_len, global_batch_size=cfg.global_batch_size,
+                                  seed=cfg.seed, tokenizer=args.tokenizer, rank=parallel.rank(),
+                                  world_size=parallel.world_size())
+        res = train(model_cfg, cfg, loader, args.out)
+        parallel.print0(f"done: step {res.step}, {res.tokens:,} tokens; last checkpoint {res.last_checkpoint}")
+    finally:
+        parallel.cleanup_distributed()
+    return 0
