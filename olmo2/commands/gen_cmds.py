@@ -1,0 +1,178 @@
+"""`olmo2 generate` and `olmo2 chat`: streamed text generation on the CPU.
+
+    olmo2 generate --model DIR --prompt "The capital of France is" --temperature 0
+    olmo2 generate --model DIR --chat --prompt "Write a haiku" --stop "\\n\\n" --seed 1
+    olmo2 chat --model DIR --system "You are terse."        # /reset, /exit, Ctrl-D
+
+The continuation / assistant text goes to stdout, flushed per piece; everything else
+(banner, prompts, notices, tokens/s) goes to stderr so stdout can be piped. `chat` reads
+stdin line by line and works when stdin is not a terminal
+(`printf 'Hi\\n/exit\\n' | olmo2 chat --model DIR`).
+
+Footguns: `--temperature 0` is greedy and ignores --top-k/--top-p; chat history is
+trimmed oldest-turn-first when prompt + --max-new-tokens would exceed the context.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from olmo2.errors import GenerationError
+
+BANNER = ("Note: this model can produce false, biased or harmful text and must not be relied on. "
+          "Type /reset to clear the history, /exit to quit.")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, default_max_new: int) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory (HF format, with tokenizer.json) or hub id")
+    p.add_argument("--max-new-tokens", type=int, default=default_max_new, help="most tokens to generate per reply")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="> 1 discourages repeating tokens")
+    p.add_argument("--seed", type=int, default=None, help="RNG seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="stop when this text appears (not printed); repeatable")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `generate` and `chat` to the top-level CLI."""
+    g = subparsers.add_parser("generate", help="stream a continuation of a prompt",
+                              description="Stream the model's continuation of --prompt to stdout.")
+    _add_sampling_flags(g, 128)
+    g.add_argument("--prompt", required=True, help="prompt text ('-' reads it from stdin)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as one user turn")
+    g.add_argument("--add-bos", action="store_true", help="with --chat: prepend <|endoftext|> (the SFT training format)")
+    g.set_defaults(func=run_generate)
+
+    c = subparsers.add_parser("chat", help="interactive chat with the OLMo 2 (tulu) template",
+                              description="Chat on stdin/stdout; /reset clears history, /exit quits.")
+    _add_sampling_flags(c, 256)
+    c.add_argument("--system", default=None, help="system message placed before the conversation")
+    c.add_argument("--add-bos", action="store_true", help="prepend <|endoftext|> to the chat (the SFT training format)")
+    c.set_defaults(func=run_chat)
+
+
+def _validate(args) -> None:
+    """Fail on bad flag values before spending time loading the model."""
+    from olmo2.infer.sampling import SamplingParams
+    SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty).validated()
+    if args.max_new_tokens < 1:
+        raise GenerationError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if any(not s for s in args.stop or []):
+        raise GenerationError("--stop must be a non-empty string")
+
+
+def _load(args):
+    from olmo2.checkpoint import load_model
+    from olmo2.tokenizer import Tokenizer
+    model = load_model(args.model, dtype=args.dtype)
+    tok = Tokenizer.from_pretrained(args.model)
+    tok.check_fits(model.config.vocab_size, str(args.model))
+    return model, tok
+
+
+def _sampling_kwargs(args, tok) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty, eos_token_id=tok.eos_id,
+                stop_strings=args.stop or None)
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run_generate(args) -> int:
+    """`olmo2 generate`: stream the continuation, then tokens/s on stderr."""
+    import torch
+
+    from olmo2.infer.generate import GenerationStats, stream_generate
+    _validate(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model, tok = _load(args)
+    if args.chat:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       add_bos=True if args.add_bos else None)
+    else:
+        text = prompt
+    ids = tok.encode(text)
+    stats = GenerationStats()
+    gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    pieces = stream_generate(model, tok, ids, args.max_new_tokens, generator=gen, stats=stats,
+                             **_sampling_kwargs(args, tok))
+    for piece in pieces:
+        _write(piece)
+    _write("\n")
+    prefill = stats.prompt_tokens / stats.prefill_s if stats.prefill_s > 0 else 0.0
+    print(f"[{stats.new_tokens} tokens ({stats.stop_reason}); prompt {stats.prompt_tokens} tokens at "
+          f"{prefill:.1f} tok/s; decode {stats.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def _fit_history(tok, model, system, history, user, max_new, add_bos):
+    """(prompt ids, turns dropped): drop the oldest (user, assistant) pairs until it fits."""
+    ctx = model.config.max_seq_len
+    dropped = 0
+    while True:
+        msgs = ([{"role": "system", "content": system}] if system else []) + history + [
+            {"role": "user", "content": user}]
+        ids = tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, add_bos=add_bos))
+        if len(ids) + max_new <= ctx or not history:
+            return ids, dropped
+        del history[:2]
+        dropped += 1
+
+
+def run_chat(args) -> int:
+    """`olmo2 chat`: a line-based REPL with history, /reset and /exit."""
+    import torch
+
+    from olmo2.infer.generate import stream_generate
+    _validate(args)
+    model, tok = _load(args)
+    add_bos = True if args.add_bos else None
+    gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    kw = _sampling_kwargs(args, tok)
+    # A model that starts a new user turn by itself has finished its reply.
+    kw["stop_strings"] = (args.stop or []) + ["<|user|>"]
+    tty = sys.stdin.isatty()
+    print(BANNER, file=sys.stderr, flush=True)
+    history: list[dict] = []
+    try:
+        while True:
+            if tty:
+                print("user> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:  # EOF
+                break
+            user = line.rstrip("\n").rstrip("\r")
+            cmd = user.strip()
+            if not cmd:
+                continue
+            if cmd in ("/exit", "/quit"):
+                break
+            if cmd == "/reset":
+                history.clear()
+                print("(history cleared)", file=sys.stderr, flush=True)
+                continue
+            ids, dropped = _fit_history(tok, model, args.system, history, user, args.max_new_tokens, add_bos)
+            if dropped:
+                print(f"(context full: dropped the {dropped} oldest turn{'s' if dropped > 1 else ''})",
+                      file=sys.stderr, flush=True)
+            try:
+                pieces = stream_generate(model, tok, ids, args.max_new_tokens, generator=gen, **kw)
+            except GenerationError as e:  # this message alone does not fit: say so, keep chatting
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
+            reply = []
+            for piece in pieces:
+                reply.append(piece)
+                _write(piece)
+            _write("\n")
+            history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(reply).strip()}]
+    except KeyboardInterrupt:
+        _write("\n")
+    return 0

@@ -1,0 +1,67 @@
+"""A preallocated key/value cache for incremental decoding.
+
+    cache = KVCache.for_model(model, batch_size=1, max_len=prompt_len + max_new_tokens)
+    logits = model(prompt, cache=cache, last_only=True)     # prefill: cache.length = T
+    logits = model(next_tok[:, None], cache=cache)          # one step: cache.length = T+1
+
+One `[B, n_kv_heads, max_len, head_dim]` buffer for keys and one for values per layer,
+allocated once in the model's dtype. `update()` copies the new positions into the buffer
+in place and returns views of the filled prefix, so a decode step never concatenates or
+reallocates: its cost is the new token's projections plus attention over `length` keys.
+
+The model duck-types the cache (see `olmo2/model.py`): it calls
+`update(layer_idx, start, k, v)` with `start == cache.length` as it was when the forward
+began, and sets `cache.length = start + T` when the forward ends.
+
+Footguns:
+- The returned views alias the buffers: they are only valid until the next `update()`
+  that writes over the same positions (e.g. after `reset()`); never keep them around.
+- `max_len` is a hard limit; writing past it raises (size the cache to prompt + new
+  tokens, at most the model's `max_seq_len`).
+- Rewinding is just `cache.length = n` (the positions after n are overwritten later).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class KVCache:
+    """Per-layer preallocated K/V buffers; `update()` writes in place, returns prefix views."""
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        if max_len <= 0 or batch_size <= 0:
+            raise ValueError(f"KVCache needs max_len > 0 and batch_size > 0 (got {max_len}, {batch_size})")
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        # torch.empty, not zeros: every position is written before it is read.
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model: nn.Module, batch_size: int, max_len: int) -> "KVCache":
+        """A cache shaped for `model` (an `Olmo2`), in its parameters' dtype and device."""
+        cfg = model.config
+        p = model.lm_head.weight
+        return cls(cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim, dtype=p.dtype, device=p.device)
+
+    def update(self, layer_idx: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, Hkv, T, D] at positions start..start+T; return K/V of 0..start+T."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KVCache overflow: positions up to {end} but max_len is {self.max_len}")
+        kb, vb = self.k[layer_idx], self.v[layer_idx]
+        kb[:, :, start:end] = k
+        vb[:, :, start:end] = v
+        return kb[:, :, :end], vb[:, :, :end]
+
+    def reset(self) -> None:
+        """Forget all positions (buffers are kept and overwritten)."""
+        self.length = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
