@@ -201,8 +201,11 @@ def _generation_config(cfg: ModelConfig) -> dict:
 
 
 def save_model(model: Olmo2, out_dir: str | os.PathLike, tokenizer=None, dtype: torch.dtype | str | None = None,
-               max_shard_bytes: int = 5 * 1024**3) -> Path:
-    """Write an HF directory (config, safetensors, generation config, tokenizer) atomically."""
+               max_shard_bytes: int = 5 * 1024**3, description: str | None = None,
+               training: dict | None = None) -> Path:
+    """Write an HF directory (config, safetensors, generation config, tokenizer, model card
+    with the risk notice) atomically. `description`/`training` go into the card."""
+    from olmo2.card import model_card
     from safetensors.torch import save_file
     dtype = parse_dtype(dtype)
     out = Path(out_dir)
@@ -241,4 +244,5 @@ def save_model(model: Olmo2, out_dir: str | os.PathLike, tokenizer=None, dtype: 
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
+        (tmp / "README.md").write_text(model_card(model.config, description, training))
     return out
