@@ -98,7 +98,8 @@ class Callback:
 
 def lm_loss_sums(logits: torch.Tensor, labels: torch.Tensor, z_coeff: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ CE, Σ logsumexp²) over non-ignored next-token targets; labels unshifted, fp32 math."""
-    logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    # at least fp32 (bf16 logits are upcast; an fp64 model stays fp64 for exactness tests)
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
     target = labels[:, 1:].reshape(-1)
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
     if z_coeff == 0:
@@ -232,10 +233,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
             step_tokens = cfg.global_batch_size * T
             lr = schedule.lr(tokens + step_tokens)
             set_lr(optimizer, lr)
-            n_global = parallel.all_reduce_sum((labels[:, 1:] != IGNORE_INDEX).sum().to(torch.float32))
+            n_global = parallel.all_reduce_sum((labels[:, 1:] != IGNORE_INDEX).sum().to(torch.float64))
             denom = n_global.clamp(min=1.0)
 
-            sums = torch.zeros(2, device=device)
+            sums = torch.zeros(2, device=device, dtype=torch.float64)
             n_micro = B // cfg.micro_batch_size
             for i in range(n_micro):
                 sl = slice(i * cfg.micro_batch_size, (i + 1) * cfg.micro_batch_size)
@@ -248,7 +249,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
                     ce, z = lm_loss_sums(logits, labels[sl], cfg.z_loss_coeff)
                     loss = (ce + cfg.z_loss_coeff * z) / denom
                     (loss * scale).backward()
-                sums += torch.stack([ce.detach(), z.detach()])
+                sums += torch.stack([ce.detach(), z.detach()]).to(sums.dtype)
                 del logits, loss
             sums = parallel.all_reduce_sum(sums) / denom
             ce_loss, z_loss = float(sums[0]), cfg.z_loss_coeff * float(sums[1])
