@@ -25,6 +25,8 @@ schedule.lr(n × tokens_per_step): tokens include the step being taken.
 Hooks: `callbacks` get `on_step_end(state)`, `on_checkpoint(path)`, `on_train_end(result)`;
 `eval_hook(model, state) -> dict | None` runs every `eval_every` steps and at the end.
 Test-only: env OLMO2_TEST_SIGKILL_AFTER_STEP=k SIGKILLs the process after step k.
+The command line (`olmo2 train --recipe ...`, also under torchrun) lives in
+olmo2/commands/train_cmds.py and calls `train`.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -151,6 +153,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
         raise Olmo2Error(f"global_batch_size {cfg.global_batch_size} must be a multiple of world_size × "
                          f"micro_batch_size = {world} × {cfg.micro_batch_size}")
     local_batch = cfg.global_batch_size // world
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -211,6 +214,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
     def run_eval() -> None:
         if eval_hook is not None:
             res = eval_hook(model, state)
+            model.train()  # the hook may have switched to eval mode
             if res:
                 logger.log({"step": step, "tokens": tokens, **{f"eval/{k}": v for k, v in res.items()}})
 
@@ -303,6 +307,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
         if not (cfg.eval_every and step % cfg.eval_every == 0):
             run_eval()
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         if progress is not None:
             progress.close()
         png = logger.plot()
@@ -313,66 +318,3 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
     for cb in callbacks:
         cb.on_train_end(result)
     return result
-
-
-# ---- command-line entry (wired to `olmo2 train` by the CLI) ---------------------------
-def _field_type(f, default: Any):
-    ann = str(f.type)
-    for name, typ in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if ann.startswith(name):
-            return typ
-    return type(default)
-
-
-def build_arg_parser(parser=None):
-    """argparse parser: model/data/out options plus one --flag per TrainConfig field."""
-    import argparse
-    import dataclasses
-
-    from olmo2.train.config import field_docs
-    p = parser or argparse.ArgumentParser(prog="olmo2 train", description="Train or resume an OLMo 2 model.")
-    p.add_argument("--data", nargs="+", required=True, help="tokenized shard dirs (olmo2 data tokenize output)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png")
-    p.add_argument("--preset", default="olmo2-1b", help="model preset (olmo2.config.PRESETS)")
-    p.add_argument("--vocab-size", type=int, default=None, help="override the preset's vocab size")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json checked against the shard metadata")
-    docs = field_docs()
-    for f in dataclasses.fields(TrainConfig):
-        flag, default = "--" + f.name.replace("_", "-"), f.default
-        help_ = docs.get(f.name, "") + f" (default: {default})"
-        if f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2, default=None, help=help_)
-        elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        else:
-            typ = _field_type(f, default)
-            p.add_argument(flag, type=lambda s, t=typ: None if s.lower() == "none" else t(float(s) if t is int else s),
-                           default=None, help=help_)
-    return p
-
-
-def train_main(argv: list[str] | None = None) -> int:
-    """`olmo2 train ...` / `torchrun --nproc-per-node N -m olmo2 train ...`: parse, build the
-    rank's Loader, train. Only flags given on the command line override TrainConfig defaults."""
-    import dataclasses
-
-    from olmo2.config import preset
-    from olmo2.data.loader import Loader
-    args = build_arg_parser().parse_args(argv)
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    if "betas" in kw:
-        kw["betas"] = tuple(kw["betas"])
-    cfg = TrainConfig(**kw)
-    model_cfg = preset(args.preset)
-    if args.vocab_size:
-        model_cfg = model_cfg.replace(vocab_size=args.vocab_size)
-    parallel.init_distributed()
-    try:
-        loader = Loader.from_dirs(args.data, seq_len=cfg.seq_len, global_batch_size=cfg.global_batch_size,
-                                  seed=cfg.seed, tokenizer=args.tokenizer, rank=parallel.rank(),
-                                  world_size=parallel.world_size())
-        res = train(model_cfg, cfg, loader, args.out)
-        parallel.print0(f"done: step {res.step}, {res.tokens:,} tokens; last checkpoint {res.last_checkpoint}")
-    finally:
-        parallel.cleanup_distributed()
-    return 0
