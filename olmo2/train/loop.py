@@ -197,7 +197,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
                        optimizer=optimizer, out_dir=out_dir, last_checkpoint=resumed)
     kill_at = int(os.environ.get(KILL_ENV, "-1"))
     losses: list[float] = []
-    progress = None
     last_saved = step if resumed else None
 
     def save() -> None:
@@ -218,6 +217,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
             if res:
                 logger.log({"step": step, "tokens": tokens, **{f"eval/{k}": v for k, v in res.items()}})
 
+    # Progress in tokens (total from cfg.seq_len; the batches' T is only known later).
+    total = [x for x in (cfg.max_tokens, cfg.max_steps and cfg.max_steps * cfg.global_batch_size * cfg.seq_len)
+             if x is not None]
+    progress = Progress(max(min(total) - tokens, 1), desc="train", unit="tok", enabled=cfg.progress and rank == 0)
     it = iter(data)
     try:
         while not _done(cfg, step, tokens):
@@ -282,12 +285,6 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
                             "total_loss": ce_loss + z_loss, "grad_norm": gnorm, "lr": lr,
                             "tokens_per_s": tps, "mfu": mfu, "mem_gb": memory_gb(device),
                             "skipped": not finite, "time": time.time()})
-            if progress is None:
-                total = cfg.max_tokens if cfg.max_tokens is not None else cfg.max_steps * step_tokens
-                if cfg.max_steps is not None:
-                    total = min(total, cfg.max_steps * step_tokens)
-                progress = Progress(max(total - tokens + step_tokens, 1), desc="train", unit="tok",
-                                    enabled=cfg.progress and rank == 0)
             progress.update(step_tokens, step=step, loss=ce_loss, lr=lr)
             for cb in callbacks:
                 cb.on_step_end(state)
@@ -308,8 +305,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
             run_eval()
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        if progress is not None:
-            progress.close()
+        progress.close()
         png = logger.plot()
         logger.close()
     result = TrainResult(step=step, tokens=tokens, losses=losses, checkpoints=[p for _, p in ckpt.list_checkpoints(out_dir)],
