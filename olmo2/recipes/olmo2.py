@@ -1,0 +1,99 @@
+"""The published OLMo 2 recipes (1B, 7B, 13B; stage 1 pretraining and stage 2 anneal).
+
+Numbers come from ../shared/docs/olmo2-facts.md §1.4 (size table), §3 (stage 1) and §4
+(stage 2). Schedules are in tokens: warmup 8,388,608,000 tokens (4000 steps of the 1B's
+2,097,152-token batch), cosine toward 0.1×peak at t_max 5e12 while training stops earlier;
+so the LR at the 1B's last stage-1 step is 7.4487e-5, the stage-2 start LR.
+
+Data: `data_root` is where a local tokenized copy of OLMo-mix-1124 / Dolmino-mix-1124 lives
+(`olmo2.data.mix` documents the directory layout); nothing is read until training starts.
+
+Caveats (UNCONFIRMED in the facts): the 7B/13B warmup length is taken to be the 1B's in
+tokens; with t_max 5e12 the 7B schedule ends at 6.135e-5 (published start 6.1499e-5) and
+the 13B's at the floor 3e-5 (published start 9e-5), so their stage-2 start LRs are the
+published values, not derived. The 13B 100B/300B mixes are approximated by scaling the
+Dolmino 50B composition.
+"""
+from __future__ import annotations
+
+from olmo2.config import preset
+from olmo2.data.mix import dolmino_50b, olmo_mix_1124
+from olmo2.recipes import Recipe
+from olmo2.train.config import TrainConfig, anneal
+
+SEQ_LEN = 4096
+WARMUP_TOKENS = 8_388_608_000
+T_MAX_TOKENS = 5_000_000_000_000
+STAGE1_SEED = 6198
+DEFAULT_ROOT = "data"
+
+# size: (preset, peak lr, batch in sequences, stage-1 steps, stage-2 start lr, stage-2 seeds)
+SIZES = {
+    "1b": ("olmo2-1b", 4.0e-4, 512, 1_907_359, 7.4487e-5, (42069, 666, 42)),
+    "7b": ("olmo2-7b", 3.0e-4, 1024, 928_646, 6.1499e-5, (42, 42069, 666)),
+    "13b": ("olmo2-13b", 3.0e-4, 2048, 596_057, 9.0e-5, (1110, 2662, 6209)),
+}
+#: Stage-2 anneal length in tokens per size (13B: 100B ingredients, plus one of 300B).
+STAGE2_TOKENS = {"1b": 50_000_000_000, "7b": 50_000_000_000, "13b": 100_000_000_000}
+
+
+def stage1_train(size: str) -> TrainConfig:
+    """The stage-1 TrainConfig of a size (AdamW 0.9/0.95, eps 1e-8, wd 0.1, z-loss, clip 1)."""
+    _, lr, batch, steps, _, _ = SIZES[size]
+    return TrainConfig(lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, decay_embeddings=False,
+                       max_grad_norm=1.0, schedule="cosine", warmup_tokens=WARMUP_TOKENS,
+                       t_max_tokens=T_MAX_TOKENS, alpha_f=0.1, global_batch_size=batch, seq_len=SEQ_LEN,
+                       max_steps=steps, max_tokens=None, z_loss_coeff=1e-4, seed=STAGE1_SEED)
+
+
+def _stage1(size: str, data_root: str) -> Recipe:
+    name, _, batch, steps, _, _ = SIZES[size]
+    return Recipe(name=f"olmo2_{size}_stage1", model=preset(name), train=stage1_train(size),
+                  data=olmo_mix_1124(f"{data_root}/olmo-mix-1124", seed=STAGE1_SEED),
+                  notes=f"OLMo-mix-1124, natural proportions; {steps:,} steps × {batch}×{SEQ_LEN} tokens")
+
+
+def _stage2(size: str, seed: int, data_root: str, init_from: str | None, tokens: int | None = None) -> Recipe:
+    name, _, batch, steps1, start_lr, seeds = SIZES[size]
+    tokens = tokens or STAGE2_TOKENS[size]
+    step_tokens = batch * SEQ_LEN
+    # The OLMo trainer stops at round(tokens / batch tokens) + 10: the last ~10 steps run at LR 0.
+    stop_at = round(tokens / step_tokens) + 10
+    train = anneal(stage1_train(size), start_lr, tokens, seed=seed,
+                   init_from=init_from or f"checkpoints/olmo2-{size}/stage1/step-{steps1:06d}")
+    train = train.replace(max_tokens=None, max_steps=stop_at)
+    mix = dolmino_50b(f"{data_root}/dolmino-mix-1124", seed=seed, scale=tokens / 50e9)
+    return Recipe(name=f"olmo2_{size}_stage2", model=preset(name), train=train, data=mix,
+                  notes=f"anneal {tokens / 1e9:.0f}B tokens, LR {start_lr:g} linearly to 0, {stop_at:,} steps; "
+                        f"seed {seed} (published seeds {seeds}); init_from stage 1 with AdamW moments")
+
+
+def olmo2_1b_stage1(data_root: str = DEFAULT_ROOT) -> Recipe:
+    """OLMo-2-0425-1B pretraining: 4T tokens, peak 4e-4, seed 6198."""
+    return _stage1("1b", data_root)
+
+
+def olmo2_1b_stage2(seed: int = 42, data_root: str = DEFAULT_ROOT, init_from: str | None = None) -> Recipe:
+    """1B anneal: Dolmino 50B, LR 7.4487e-5 → 0 over 23,852 steps; seeds 42069/666/42 (final = 42, no soup)."""
+    return _stage2("1b", seed, data_root, init_from)
+
+
+def olmo2_7b_stage1(data_root: str = DEFAULT_ROOT) -> Recipe:
+    """OLMo-2-1124-7B pretraining: 3.9T tokens, peak 3e-4, batch 1024×4096."""
+    return _stage1("7b", data_root)
+
+
+def olmo2_7b_stage2(seed: int = 42, data_root: str = DEFAULT_ROOT, init_from: str | None = None) -> Recipe:
+    """7B anneal: Dolmino 50B, LR 6.1499e-5 → 0; seeds 42/42069/666, souped."""
+    return _stage2("7b", seed, data_root, init_from)
+
+
+def olmo2_13b_stage1(data_root: str = DEFAULT_ROOT) -> Recipe:
+    """OLMo-2-1124-13B pretraining: 5T tokens, peak 3e-4, batch 2048×4096."""
+    return _stage1("13b", data_root)
+
+
+def olmo2_13b_stage2(seed: int = 1110, data_root: str = DEFAULT_ROOT, init_from: str | None = None,
+                     tokens: int = 100_000_000_000) -> Recipe:
+    """13B anneal: 100B × seeds 1110/2662/6209 plus 300B × seed 2662 (tokens=300e9), all souped."""
+    return _stage2("13b", seed, data_root, init_from, tokens=tokens)
