@@ -228,3 +228,34 @@ def test_cli_registration(tmp_path, tokfile):
     assert args.func(args) == 0
     meta = load_metadata(str(tmp_path / "o"))
     assert meta["total_docs"] == 10 and meta["shard_tokens"] == 20
+
+
+def test_dir_source_uses_metadata_not_stray_shards(tmp_path, tokfile):
+    write_jsonl(tmp_path / "x.jsonl", docs(30, 8))
+    out = tmp_path / "out"
+    meta = tk.tokenize([str(tmp_path / "x.jsonl")], tokfile, str(out), workers=1, progress=False)
+    np.save(out / "f00099-00000.npy", np.arange(50, dtype=np.uint32))  # e.g. a killed run's file
+    names = [os.path.basename(p)[:-4] for p in list_shards(str(out))]
+    assert names == [s["name"] for s in meta["shards"]]
+
+
+def test_killed_run_resumes_to_identical_output(tmp_path, tokfile, monkeypatch):
+    write_jsonl(tmp_path / "x.jsonl", docs(3000, 12))
+    kw = dict(shard_tokens=2000, workers=1, progress=False)
+    ref = tk.tokenize([str(tmp_path / "x.jsonl")], tokfile, str(tmp_path / "ref"), **kw)
+    real, calls = tk._encode, []
+
+    def dying(tok, texts):
+        calls.append(len(texts))
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # killed mid-file, a shard half written
+        return real(tok, texts)
+
+    monkeypatch.setattr(tk, "_encode", dying)
+    with pytest.raises(KeyboardInterrupt):
+        tk.tokenize([str(tmp_path / "x.jsonl")], tokfile, str(tmp_path / "out"), **kw)
+    assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "out/metadata.json").exists()
+    monkeypatch.setattr(tk, "_encode", real)
+    meta = tk.tokenize([str(tmp_path / "x.jsonl")], tokfile, str(tmp_path / "out"), **kw)
+    assert meta["shards"] == ref["shards"]
+    assert shard_docs(tmp_path / "out") == shard_docs(tmp_path / "ref")

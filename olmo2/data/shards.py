@@ -158,13 +158,20 @@ def read_doc_index(shard_path: str | os.PathLike) -> np.ndarray:
 
 
 def list_shards(spec: str | os.PathLike | Iterable) -> list[str]:
-    """Sorted token-shard paths from a dir (recursive), a glob, a file, or a list of those."""
+    """Sorted token-shard paths from a dir, a glob, a file, or a list of those.
+
+    A dir with metadata*.json yields the shards its metadata lists; other dirs are searched
+    recursively for *.npy (index files excluded).
+    """
     if isinstance(spec, (list, tuple)):
         out: list[str] = []
         for s in spec:
             out.extend(list_shards(s))
         return sorted(dict.fromkeys(out))
     spec = os.fspath(spec)
+    if os.path.isdir(spec) and glob.glob(os.path.join(spec, "metadata*.json")):
+        # A tokenize output dir: only the shards of finished runs, never half-done files.
+        return sorted(s["path"] for s in load_metadata(spec)["shards"])
     if os.path.isdir(spec):
         found = glob.glob(os.path.join(spec, "**", "*.npy"), recursive=True)
     elif any(c in spec for c in "*?["):
@@ -231,6 +238,8 @@ def load_metadata(dirs: str | os.PathLike | Iterable) -> dict:
 def check_tokenizer(meta: dict, tokenizer_path_or_sha: str | os.PathLike) -> None:
     """Raise DataError unless `meta` was tokenized with this tokenizer.json (path or sha256)."""
     want = os.fspath(tokenizer_path_or_sha)
+    if os.path.isdir(want):
+        want = os.path.join(want, "tokenizer.json")
     if os.path.exists(want):
         want_sha, label = sha256_file(want), want
     else:

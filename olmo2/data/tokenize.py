@@ -18,6 +18,10 @@ shards that are missing.
 Parallelism: one process per input file (spawned), each using `encode_batch` with
 `cores // processes` Rayon threads. With fewer files than cores the leftover cores go to
 `encode_batch` threads; with one file everything runs in-process on all threads.
+Measured on the 30 MB demo corpus with the dolma2 tokenizer (2 busy cores): about 0.4 M
+tokens/s (1.9 MB/s, 460 docs/s); `encode_batch` itself is ~90% of the time. Workers are
+spawned, so a script that calls `tokenize(..., workers>1)` needs an
+`if __name__ == "__main__":` guard.
 
 Footguns: `.zst` needs `pip install zstandard`, `.parquet` needs `pip install pyarrow`.
 Malformed lines are reported as `file:line: reason` and skipped (`--strict`: fatal).
