@@ -296,3 +296,12 @@ def test_cli_chat_subprocess_pipe(ckpt):
     assert r.returncode == 0, r.stderr
     assert "must not be relied on" in r.stderr
     assert r.stdout.endswith("\n")
+
+
+def test_bfloat16_model_generates():
+    _, ours = pair("gqa")
+    ours = ours.to(torch.bfloat16)
+    x = prompt(6, 257, seed=3)
+    a = ours.generate(x, 12, temperature=0, eos_token_id=[])
+    assert a.shape == (1, 18) and torch.equal(a, generate(ours, x, 12, temperature=0, eos_token_id=[]))
+    assert a.dtype == torch.long

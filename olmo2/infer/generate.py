@@ -25,7 +25,9 @@ this is free; it is the only sync besides `multinomial`/stop-string decoding). S
 strings need the tokenizer and decode incrementally per row.
 
 `decode_one` is kept tiny and passed as `step_fn` so quantized or compiled steps can be
-swapped in (`generate(..., step_fn=torch.compile(decode_one, dynamic=True))`).
+swapped in without touching the loop (any callable with its signature; a
+`torch.compile`d step needs `dynamic=True` because the cache length changes every step —
+not exercised by the tests yet).
 """
 from __future__ import annotations
 
