@@ -305,3 +305,23 @@ def test_bfloat16_model_generates():
     a = ours.generate(x, 12, temperature=0, eos_token_id=[])
     assert a.shape == (1, 18) and torch.equal(a, generate(ours, x, 12, temperature=0, eos_token_id=[]))
     assert a.dtype == torch.long
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    _, ours = pair("gqa")
+    from olmo2.infer.generate import decode_one
+    x = prompt(6, 257)
+    ref = generate(ours, x, 20, temperature=0, eos_token_id=[])
+    got = generate(ours, x, 20, temperature=0, eos_token_id=[], step_fn=torch.compile(decode_one, dynamic=True))
+    assert torch.equal(ref, got)
+
+
+@pytest.mark.slow
+def test_cli_generate_compile(ckpt, capsys):
+    from olmo2.cli import main
+    args = ["generate", "--model", str(ckpt), "--prompt", "the cat", "--max-new-tokens", "6", "--temperature", "0"]
+    assert main(args) == 0
+    eager = capsys.readouterr().out
+    assert main(args + ["--compile"]) == 0
+    assert capsys.readouterr().out == eager

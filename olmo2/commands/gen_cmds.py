@@ -35,6 +35,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser, default_max_new: int) -> Non
     p.add_argument("--stop", action="append", default=None, metavar="STR",
                    help="stop when this text appears (not printed); repeatable")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token decode step (slow first call; needs a C++ compiler)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,9 +77,15 @@ def _load(args):
 
 
 def _sampling_kwargs(args, tok) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty, eos_token_id=tok.eos_id,
-                stop_strings=args.stop or None)
+    from olmo2.infer.generate import decode_one
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+              repetition_penalty=args.repetition_penalty, eos_token_id=tok.eos_id,
+              stop_strings=args.stop or None)
+    if getattr(args, "compile", False):
+        import torch
+        # dynamic: the cache length (and so the attention shape) changes every step.
+        kw["step_fn"] = torch.compile(decode_one, dynamic=True)
+    return kw
 
 
 def _write(text: str) -> None:
