@@ -23,11 +23,15 @@ SEQ_LEN = 128
 BATCH = 16
 SEEDS = (42069, 666, 42)
 #: (stage-1 steps, stage-2 steps) for the full and the quick run.
-STEPS = {False: (400, 120), True: (150, 40)}
+STEPS = {False: (900, 200), True: (300, 80)}
 PEAK_LR = 3e-3
-ARITH_FRAC = 0.5
+COSINE_CUT = 0.6
+"""Fraction of the cosine that stage 1 runs before stopping (the 1B ran 4T of t_max 5e12)."""
+ARITH_FRAC = 0.05
 """Share of stage-2 tokens that are arithmetic problems; the rest stays demo text so that
-validation bpb on general text keeps improving while the LR anneals."""
+validation bpb on general text keeps improving while the LR anneals. Measured on the quick
+run: 0% → val bpb 2.274→2.240; 5% → 2.261 with arithmetic 0%→5.5%; 15% → 2.291 (worse:
+at this size the easy, low-entropy problems pull the model away from prose)."""
 
 
 def tiny_model():
@@ -41,15 +45,16 @@ def _base(steps: int, seed: int) -> TrainConfig:
     tokens = steps * BATCH * SEQ_LEN
     return TrainConfig(lr=PEAK_LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, max_grad_norm=1.0,
                        schedule="cosine", warmup_tokens=max(1, steps // 20) * BATCH * SEQ_LEN,
-                       # like the 1B (t_max 5e12, stop at 4T): stop at 80% of the cosine
-                       t_max_tokens=int(tokens / 0.8), alpha_f=0.1,
+                       # like the 1B (t_max 5e12, stop at 4T) the cosine is cut before its floor;
+                       # at 60% the LR is still ~0.4x peak, so the anneal has room to work
+                       t_max_tokens=int(tokens / COSINE_CUT), alpha_f=0.1,
                        global_batch_size=BATCH, micro_batch_size=BATCH, seq_len=SEQ_LEN,
                        max_steps=steps, max_tokens=None, z_loss_coeff=1e-4, precision="fp32",
                        save_every=None, keep_last=1, resume=None, seed=seed, log_every=1)
 
 
 def tiny_stage1(data_root: str = DEFAULT_ROOT, quick: bool = False, steps: int | None = None) -> Recipe:
-    """Stage 1 on the demo corpus: peak 3e-3, 5% warmup, cosine cut at 80%."""
+    """Stage 1 on the demo corpus: peak 3e-3, 5% warmup, cosine cut at 60%."""
     steps = steps or STEPS[quick][0]
     return Recipe(name="tiny_stage1", model=tiny_model(), train=_base(steps, seed=6198),
                   data=Mix([Source("demo", [f"{data_root}/demo"])], seed=6198, name="demo"),
