@@ -305,4 +305,5 @@ def print_result(res: PipelineResult) -> None:
     print(f"  try: olmo2 generate --model {res.final_model} --prompt 'To be, or not to be' --temperature 0")
     print(f"       olmo2 chat --model {res.final_model}")
     if shutil.which("olmo2") is None:
-        print("  (run `pip install -e .` for the olmo2 command)")
+        hint = ".venv/bin/olmo2" if Path(".venv/bin/olmo2").exists() else "`pip install -e .`"
+        print(f"  (olmo2 is not on PATH: use {hint}, or activate the venv: . .venv/bin/activate)")
