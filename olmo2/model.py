@@ -72,8 +72,13 @@ class Rotary(nn.Module):
 
     def _build(self, n: int) -> None:
         # Same expression as transformers' default RoPE init, so the fp32 values agree.
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64).float() / self.head_dim))
-        freqs = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [n, D/2]
+        # Always built on the CPU, even inside `with torch.device("meta")` (how checkpoints
+        # are loaded): the tables are derived, not loaded, and meta-device cos/sin would
+        # cost ~0.8 s of lazy imports for tensors that must be rebuilt anyway.
+        cpu = torch.device("cpu")
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=cpu).float()
+                                         / self.head_dim))
+        freqs = torch.arange(n, dtype=torch.float32, device=cpu)[:, None] * inv_freq[None, :]  # [n, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [n, D]
         # Non-persistent: derived state, never saved in checkpoints.
         self.register_buffer("cos", emb.cos(), persistent=False)
@@ -129,21 +134,11 @@ class Olmo2Attention(nn.Module):
         if cache is not None:
             # Keys/values of all earlier positions plus these: [B, Hkv, start+T, D].
             k, v = cache.update(self.layer_idx, start, k, v)
-        gqa = self.n_kv_heads != self.n_heads
-        if attn_mask is None:
-            # Without a cache (or on the first chunk) plain causal attention; with cached
-            # keys in front, a query row t may see keys 0..start+t, which is the causal
-            # mask shifted right; for a single new token that is "everything".
-            if k.shape[2] == T:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=self.scale, enable_gqa=gqa)
-            elif T == 1:
-                y = F.scaled_dot_product_attention(q, k, v, scale=self.scale, enable_gqa=gqa)
-            else:
-                S = k.shape[2]
-                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale, enable_gqa=gqa)
+        # With no mask: plain causal attention over these T tokens, or — one new token
+        # after cached keys — attend to everything. Olmo2Model.forward builds the mask for
+        # the only other case (a chunk after cached keys) once for all layers.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and T > 1,
+                                           scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
         return self.o_proj(y)
 
@@ -177,7 +172,13 @@ class Olmo2Model(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # `_weight` skips nn.Embedding's own normal_() init, which on the meta device (how
+        # checkpoints are loaded) costs ~1 s of lazy imports; off meta we run the same
+        # default init, so `Olmo2(cfg)` is unchanged. `reset_parameters` applies OLMo's init.
+        weight = torch.empty(cfg.vocab_size, cfg.d_model)
+        if not weight.is_meta:
+            nn.init.normal_(weight)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=weight)
         self.layers = nn.ModuleList(Olmo2DecoderLayer(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
@@ -187,6 +188,9 @@ class Olmo2Model(nn.Module):
         start = cache.length if cache is not None else 0
         if positions is None:
             positions = torch.arange(start, start + T, device=input_ids.device)
+        if attn_mask is None and start > 0 and T > 1:
+            # A chunk after cached keys: row t may see keys 0..start+t (causal, shifted).
+            attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(diagonal=start)
         h = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions)
         for layer in self.layers:
