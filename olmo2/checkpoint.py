@@ -188,9 +188,7 @@ def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.f
     # themselves: no second copy of the weights is ever allocated.
     model.load_state_dict(params, strict=True, assign=True)
     del params
-    # The RoPE tables are derived buffers: rebuild them on a real device.
-    model.model.rotary._build(cfg.max_seq_len)
-    model = model.to(device)
+    model = model.to(device)  # the RoPE tables were built on the CPU (see Rotary._build)
     model.eval()
     return model
 
@@ -200,48 +198,62 @@ def _generation_config(cfg: ModelConfig) -> dict:
             "pad_token_id": cfg.pad_token_id, "do_sample": False}
 
 
+def plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most `max_shard_bytes` (HF-style)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, nbytes in sizes:
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def write_weights(out_dir: Path, plan: list[list[str]], tensor_of) -> None:
+    """Write the planned shards (`model.safetensors`, or numbered files plus the index).
+
+    `tensor_of(name)` is called one shard at a time, so only one shard's tensors are ever
+    materialised: save_model casts lazily, soup averages lazily.
+    """
+    from safetensors.torch import save_file
+    weight_map, total = {}, 0
+    for i, names in enumerate(plan):
+        fname = SAFE_NAME if len(plan) == 1 else f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
+        shard = {n: tensor_of(n) for n in names}
+        save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
+        for n, t in shard.items():
+            weight_map[n] = fname
+            total += t.numel() * t.element_size()
+        del shard
+    if len(plan) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
 def save_model(model: Olmo2, out_dir: str | os.PathLike, tokenizer=None, dtype: torch.dtype | str | None = None,
                max_shard_bytes: int = 5 * 1024**3, description: str | None = None,
                training: dict | None = None) -> Path:
     """Write an HF directory (config, safetensors, generation config, tokenizer, model card
     with the risk notice) atomically. `description`/`training` go into the card."""
     from olmo2.card import model_card
-    from safetensors.torch import save_file
     dtype = parse_dtype(dtype)
     out = Path(out_dir)
-    sd = {}
-    for k, v in model.state_dict().items():
-        v = v.detach()
-        if dtype is not None:
-            v = v.to(dtype)
-        sd[k] = v.contiguous().cpu()
-    stored = next(iter(sd.values())).dtype
-    shards: list[dict] = [{}]
-    size = 0
-    for k, v in sd.items():
-        nbytes = v.numel() * v.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][k] = v
-        size += nbytes
+    sd = model.state_dict()
+    stored = dtype or next(iter(sd.values())).dtype
+
+    def tensor_of(name: str) -> torch.Tensor:
+        v = sd[name].detach()
+        return (v if dtype is None else v.to(dtype)).contiguous().cpu()
+
+    plan = plan_shards([(k, v.numel() * (dtype or v.dtype).itemsize) for k, v in sd.items()], max_shard_bytes)
     with atomic_dir(out) as tmp:
         hf = model.config.to_hf_dict()
         hf["torch_dtype"] = hf["dtype"] = str(stored).replace("torch.", "")
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(_generation_config(model.config), indent=2) + "\n")
-        if len(shards) == 1:
-            save_file(shards[0], str(tmp / SAFE_NAME), metadata={"format": "pt"})
-        else:
-            weight_map, total = {}, 0
-            for i, shard in enumerate(shards):
-                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(tmp / name), metadata={"format": "pt"})
-                for k, v in shard.items():
-                    weight_map[k] = name
-                    total += v.numel() * v.element_size()
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        write_weights(tmp, plan, tensor_of)
         if tokenizer is not None:
             tokenizer.save(tmp)
         (tmp / "README.md").write_text(model_card(model.config, description, training))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from olmo2.checkpoint import INDEX_NAME, SAFE_NAME, SafetensorsFile, _weight_files, resolve
+from olmo2.checkpoint import SafetensorsFile, _weight_files, plan_shards, resolve, write_weights
 from olmo2.errors import CheckpointError, Olmo2Error
 from olmo2.fsio import atomic_dir
 from olmo2.progress import Progress
@@ -91,20 +91,6 @@ def _open_all(d: Path) -> dict[str, SafetensorsFile]:
     return where
 
 
-def _plan(names: list[str], ref: dict[str, SafetensorsFile], max_shard_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for n in names:
-        dtype, shape = ref[n].entries[n][:2]
-        nbytes = shape.numel() * dtype.itemsize
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(n)
-        size += nbytes
-    return shards
-
-
 @contextlib.contextmanager
 def _as_hf_dirs(paths: list[str | os.PathLike]):
     """Resolve inputs to HF dirs, exporting training checkpoints to a temp dir first."""
@@ -129,7 +115,6 @@ def _as_hf_dirs(paths: list[str | os.PathLike]):
 def soup(checkpoints: list[str | os.PathLike], out_dir: str | os.PathLike, weights: list[float] | None = None,
          max_shard_bytes: int = 1 << 30, progress: bool = True) -> Path:
     """Write the (weighted) average of `checkpoints` to `out_dir` as an HF directory."""
-    from safetensors.torch import save_file
     if not checkpoints:
         raise Olmo2Error("soup needs at least one checkpoint")
     w = normalise_weights(len(checkpoints), weights)
@@ -147,27 +132,22 @@ def soup(checkpoints: list[str | os.PathLike], out_dir: str | os.PathLike, weigh
                 if r[n].entries[n][1] != readers[0][n].entries[n][1]:
                     raise Olmo2Error(f"cannot soup: tensor {n!r} has shape {tuple(r[n].entries[n][1])} in {d} "
                                      f"but {tuple(readers[0][n].entries[n][1])} in {dirs[0]}")
-        plan = _plan(names, readers[0], max_shard_bytes)
+        ref = readers[0]
+        sizes = [(n, ref[n].entries[n][1].numel() * ref[n].entries[n][0].itemsize) for n in names]
+        plan = plan_shards(sizes, max_shard_bytes)
         prog = Progress(len(names), desc="soup", unit="tensor", enabled=progress)
+
+        def averaged(n: str) -> torch.Tensor:
+            # fp32 accumulation, cast back to the stored dtype; one tensor at a time
+            acc = None
+            for wi, r in zip(w, readers):
+                t = r[n].get(n).to(torch.float32)
+                acc = t * wi if acc is None else acc.add_(t, alpha=wi)
+            prog.update(1)
+            return acc.to(ref[n].entries[n][0]).contiguous()
+
         with atomic_dir(out) as tmp:
-            weight_map, total = {}, 0
-            for i, shard_names in enumerate(plan):
-                fname = SAFE_NAME if len(plan) == 1 else f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors"
-                shard = {}
-                for n in shard_names:
-                    acc = None
-                    for wi, r in zip(w, readers):
-                        t = r[n].get(n).to(torch.float32)
-                        acc = t * wi if acc is None else acc.add_(t, alpha=wi)
-                    shard[n] = acc.to(readers[0][n].entries[n][0]).contiguous()
-                    weight_map[n] = fname
-                    total += shard[n].numel() * shard[n].element_size()
-                    prog.update(1)
-                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-                del shard
-            if len(plan) > 1:
-                index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-                (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+            write_weights(tmp, plan, averaged)
             for f in COPY_FILES:
                 if (dirs[0] / f).exists():
                     shutil.copy2(dirs[0] / f, tmp / f)
