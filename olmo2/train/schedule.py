@@ -40,31 +40,35 @@ class Constant(_Warmup):
 
 
 @dataclass(frozen=True)
-class CosWithWarmup(_Warmup):
+class _Decay(_Warmup):
+    """Warmup, then `shape(frac)` from peak (1) to alpha_f×peak (0) as frac goes 0 → 1."""
     t_max_tokens: int = 1
     alpha_f: float = 0.1
 
+    def shape(self, frac: float) -> float:
+        raise NotImplementedError
+
     def lr(self, tokens_seen: float) -> float:
         w = self._warm(tokens_seen)
         if w is not None:
             return w
         eta_min = self.alpha_f * self.peak
         frac = min(1.0, (tokens_seen - self.warmup_tokens) / (self.t_max_tokens - self.warmup_tokens))
-        return eta_min + (self.peak - eta_min) * (1 + math.cos(math.pi * frac)) / 2
+        return eta_min + (self.peak - eta_min) * self.shape(frac)
 
 
 @dataclass(frozen=True)
-class LinearWithWarmup(_Warmup):
-    t_max_tokens: int = 1
+class CosWithWarmup(_Decay):
+    def shape(self, frac: float) -> float:
+        return (1 + math.cos(math.pi * frac)) / 2
+
+
+@dataclass(frozen=True)
+class LinearWithWarmup(_Decay):
     alpha_f: float = 0.0
 
-    def lr(self, tokens_seen: float) -> float:
-        w = self._warm(tokens_seen)
-        if w is not None:
-            return w
-        eta_min = self.alpha_f * self.peak
-        frac = min(1.0, (tokens_seen - self.warmup_tokens) / (self.t_max_tokens - self.warmup_tokens))
-        return self.peak - (self.peak - eta_min) * frac
+    def shape(self, frac: float) -> float:
+        return 1.0 - frac
 
 
 def build_schedule(cfg) -> Constant | CosWithWarmup | LinearWithWarmup:
