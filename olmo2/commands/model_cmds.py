@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def _sizes(n: int) -> dict[str, float]:
 
 
 def run_info(args) -> int:
-    from olmo2.checkpoint import SAFE_NAME, SafetensorsFile, _weight_files, resolve
+    from olmo2.checkpoint import SafetensorsFile, _weight_files, resolve
     from olmo2.config import ModelConfig
 
     d = resolve(args.model)
@@ -123,7 +124,7 @@ def run_score(args) -> int:
     tok.check_fits(model.config.vocab_size, args.model)
     s = score_text(model, tok, text)
     summary = {"tokens": len(s.token_ids), "bytes": s.n_bytes, "nll": s.nll, "mean_nll": s.mean_nll,
-               "perplexity": float(__import__("math").exp(s.mean_nll)), "bits_per_byte": s.bits_per_byte}
+               "perplexity": math.exp(s.mean_nll), "bits_per_byte": s.bits_per_byte}
     if args.json:
         if args.per_token:
             summary["per_token"] = [{"id": i, "token": tok.decode([i]), "logprob": lp}
