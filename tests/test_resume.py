@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from olmo2.model import Olmo2
-from olmo2.train.loop import KILL_ENV, lm_loss_sums, train
+from olmo2.train.loop import KILL_ENV, Callback, lm_loss_sums, train
 from olmo2.train.optim import build_optimizer
 from olmo2.train.state import list_checkpoints, load_checkpoint
 
@@ -109,3 +109,40 @@ def test_warm_start_loads_weights_and_moments_with_a_fresh_schedule(tmp_path):
     with torch.no_grad():  # stage 2's first loss is the stage-1 model's loss on that batch
         ce, _ = lm_loss_sums(s1.model(first["input_ids"]), first["labels"], 0.0)
     assert abs(recs[0]["loss"] - float(ce) / (4 * 31)) < 1e-5
+
+
+class _GroupSpy(Callback):
+    """Records each optimizer param group's hyperparameters after the first step taken."""
+
+    def __init__(self):
+        self.groups = None
+
+    def on_step_end(self, state):
+        if self.groups is None:
+            self.groups = [{k: g[k] for k in ("name", "weight_decay", "betas", "eps", "foreach")}
+                           for g in state.optimizer.param_groups]
+
+
+def _expected_groups(c):
+    return [{"name": "decay", "weight_decay": c.weight_decay, "betas": c.betas, "eps": c.eps, "foreach": False},
+            {"name": "no_decay", "weight_decay": 0.0, "betas": c.betas, "eps": c.eps, "foreach": False}]
+
+
+def test_warm_start_and_resume_use_this_runs_optimizer_settings_not_the_checkpoints(tmp_path):
+    rows = corpus(16)
+    s1_cfg = cfg(max_steps=2, save_final=True, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    s1 = train(MODEL_CFG, s1_cfg, ArraySource(rows, 4), tmp_path / "s1")
+    changed = dict(weight_decay=0.033, betas=(0.8, 0.99), eps=1e-6)
+
+    # warm start (stage 2): fresh step counter, this config's AdamW settings, loaded moments
+    spy = _GroupSpy()
+    c2 = cfg(max_steps=1, init_from=str(s1.last_checkpoint), **changed)
+    train(MODEL_CFG, c2, ArraySource(rows, 4, seed=5), tmp_path / "s2", callbacks=[spy])
+    assert spy.groups == _expected_groups(c2)
+
+    # resume of the same run with settings changed on the command line (--set train.eps=...)
+    spy = _GroupSpy()
+    c3 = s1_cfg.replace(max_steps=3, resume="auto", **changed)
+    res = train(MODEL_CFG, c3, ArraySource(rows, 4), tmp_path / "s1", callbacks=[spy])
+    assert res.resumed_from == s1.last_checkpoint and res.step == 3
+    assert spy.groups == _expected_groups(c3)

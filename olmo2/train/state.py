@@ -142,6 +142,11 @@ def read_json(ckpt: str | os.PathLike, name: str) -> dict:
 
 
 def _load_model_optim(ckpt: Path, model, optimizer) -> None:
+    # The optimizer was built from THIS run's config; the checkpoint's param groups carry
+    # the settings of the run that wrote it (stage 1's weight decay, betas, eps, foreach...).
+    # Loading must bring back only the state (moments, step counts), so the groups'
+    # hyperparameters are put back as they were after set_state_dict.
+    hparams = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optim": osd}
     ctx = _quiet()
@@ -153,12 +158,16 @@ def _load_model_optim(ckpt: Path, model, optimizer) -> None:
     finally:
         ctx.__exit__(None, None, None)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    for group, hp in zip(optimizer.param_groups, hparams, strict=True):
+        group.update(hp)
 
 
 def load_checkpoint(ckpt: str | os.PathLike, model, optimizer, *, full: bool = True) -> dict:
     """Load model+optimizer in place (all ranks). full=True (resume) also restores this rank's
     RNG states and returns train_state.json plus "data" (this rank's loader state);
-    full=False (warm start, `init_from`) loads only weights and AdamW moments and returns {}."""
+    full=False (warm start, `init_from`) loads only weights and AdamW moments and returns {}.
+    Either way the optimizer keeps its own hyperparameters (lr, betas, eps, weight decay per
+    group): those come from the config it was built with, not from the checkpoint."""
     ckpt = Path(ckpt)
     state = read_json(ckpt, "train_state.json")
     _load_model_optim(ckpt, model, optimizer)
