@@ -84,3 +84,18 @@ def test_cli_print_config(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["train"]["lr"] == 1e-5 and d["train"]["seed"] == 666
     assert main(["train", "--recipe", "tiny_stage1", "--set", "train.nope=1", "--out", "x"]) == 2
+
+
+@pytest.mark.parametrize("ovs", [["train.seq_len=100000"], ["model.max_seq_len=64"],
+                                 ["train.seq_len=1024", "model.max_seq_len=512"]])
+def test_seq_len_beyond_max_seq_len_is_a_config_error(ovs, capsys):
+    from olmo2.cli import main
+    with pytest.raises(ConfigError, match=r"train.seq_len \d+ exceeds model.max_seq_len \d+"):
+        apply_overrides(get_recipe("tiny_stage1"), ovs)
+    # raising both together is fine
+    r = apply_overrides(get_recipe("tiny_stage1"), ["train.seq_len=1024", "model.max_seq_len=1024"])
+    assert (r.train.seq_len, r.model.max_seq_len) == (1024, 1024)
+    args = ["train", "--recipe", "tiny_stage1", "--out", "x", "--print-config"]
+    assert main(args + [a for ov in ovs for a in ("--set", ov)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --set ") and "max_seq_len" in err[0]

@@ -220,3 +220,13 @@ def test_activation_checkpointing_and_compile_do_not_change_training(tmp_path, c
     merged = load_model_from_checkpoint(ac.last_checkpoint)  # clean FQNs in the checkpoint
     for p, q in zip(merged.parameters(), ac.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_seq_len_beyond_max_seq_len_is_a_one_line_error(tmp_path):
+    from olmo2.errors import ConfigError, DataError
+    with pytest.raises(ConfigError, match="train.seq_len 128 exceeds model.max_seq_len 64"):
+        train(MODEL_CFG, cfg(seq_len=128), ArraySource(corpus(4), 4), tmp_path / "a")
+    # rows longer than the config claims: caught per batch, before the RoPE table lookup
+    long_rows = np.random.default_rng(0).integers(0, VOCAB, (4, 80))
+    with pytest.raises(DataError, match="80 tokens per row exceeds model.max_seq_len 64"):
+        train(MODEL_CFG, cfg(), ArraySource(long_rows, 4), tmp_path / "b")

@@ -140,6 +140,11 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple = ()) -> Recipe
             recipe = recipe.replace(data=dataclasses.replace(recipe.data, seed=coerce("int", raw, where)))
         else:
             raise ConfigError(f"{where}: unknown section {section!r}; use model, train or data")
+    if overrides and recipe.train.seq_len > recipe.model.max_seq_len:
+        # Both configs are known only here; the model's RoPE table has max_seq_len rows.
+        raise ConfigError(f"--set {' '.join(overrides)}: train.seq_len {recipe.train.seq_len} exceeds "
+                          f"model.max_seq_len {recipe.model.max_seq_len}; lower train.seq_len or raise "
+                          f"model.max_seq_len")
     return recipe
 
 

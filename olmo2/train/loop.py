@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from olmo2.config import ModelConfig
-from olmo2.errors import CheckpointError, DataError, Olmo2Error
+from olmo2.errors import CheckpointError, ConfigError, DataError, Olmo2Error
 from olmo2.progress import Progress
 from olmo2.train import parallel, state as ckpt
 from olmo2.train.config import TrainConfig
@@ -183,6 +183,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
     if cfg.global_batch_size % (world * cfg.micro_batch_size):
         raise Olmo2Error(f"global_batch_size {cfg.global_batch_size} must be a multiple of world_size × "
                          f"micro_batch_size = {world} × {cfg.micro_batch_size}")
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(f"train.seq_len {cfg.seq_len} exceeds model.max_seq_len {model_cfg.max_seq_len}; "
+                          f"lower train.seq_len or raise model.max_seq_len")
     local_batch = cfg.global_batch_size // world
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
@@ -267,6 +270,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
                 raise DataError(f"batch input_ids {tuple(ids.shape)} / labels {tuple(labels.shape)}: expected "
                                 f"{local_batch} rows per rank (global_batch_size {cfg.global_batch_size} / "
                                 f"world_size {world}) and equal shapes")
+            if T > model_cfg.max_seq_len:  # the RoPE table lookup would raise a bare IndexError
+                raise DataError(f"batch of {T} tokens per row exceeds model.max_seq_len {model_cfg.max_seq_len}; "
+                                f"the data source must yield rows of at most that length (train.seq_len)")
             ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             step_tokens = cfg.global_batch_size * T
             lr = schedule.lr(tokens + step_tokens)
