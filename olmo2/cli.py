@@ -9,6 +9,7 @@
     olmo2 train      the training loop (any stage; torchrun for many processes)
     olmo2 soup       average checkpoints
     olmo2 replicate  the whole recipe end to end (the tiny one runs on a laptop)
+    olmo2 trace ...  index token shards, trace output text back to training documents
 
 Each verb lives in `olmo2/commands/<stage>_cmds.py` and registers its own flags; this file
 only wires them up and owns the one place where user errors are printed: an `Olmo2Error`
@@ -30,6 +31,7 @@ VERB_MODULES = [
     "olmo2.commands.gen_cmds",
     "olmo2.commands.data_cmds",
     "olmo2.commands.train_cmds",
+    "olmo2.commands.trace_cmds",
 ]
 
 
