@@ -1,19 +1,15 @@
 """`olmo2 <verb>`: one command line across the lifecycle.
 
-    olmo2 init       a randomly initialised checkpoint from a preset (HF format)
-    olmo2 info       config, parameter count, bytes per dtype of a checkpoint
-    olmo2 score      per-token log-probs, NLL and bits per byte of a text
-    olmo2 generate   stream a continuation of a prompt
-    olmo2 chat       interactive chat with the OLMo 2 (tulu) template
-    olmo2 data ...   demo corpus, tokenization into shards
-    olmo2 train      the training loop (any stage; torchrun for many processes)
-    olmo2 soup       average checkpoints
-    olmo2 replicate  the whole recipe end to end (the tiny one runs on a laptop)
-    olmo2 trace ...  index token shards, trace output text back to training documents
+The verbs are the table in README.md ("The command line"); `olmo2 --help` lists them and
+tests/test_cli.py fails when the two differ, so this docstring does not repeat the list.
 
 Each verb lives in `olmo2/commands/<stage>_cmds.py` and registers its own flags; this file
 only wires them up and owns the one place where user errors are printed: an `Olmo2Error`
 becomes `error: <one line>` on stderr and exit code 2; `--debug` adds the traceback.
+
+Footgun: building the parser must stay cheap (`olmo2 --help` and argument errors answer in
+well under a second). Verb modules import torch, numpy and the rest inside their run
+functions, never at module level; tests/test_cli.py checks that `olmo2.cli` imports no torch.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Tests for `olmo2 data tokenize`: formats, EOS/no-BOS, malformed lines, resume, parts."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -218,11 +217,10 @@ def test_missing_optional_readers_and_bad_inputs(tmp_path, tokfile, monkeypatch)
 
 
 def test_cli_registration(tmp_path, tokfile):
+    """Through the real `olmo2` parser: the verb was once defined but never registered."""
+    from olmo2.cli import build_parser
     write_jsonl(tmp_path / "x.jsonl", docs(10, 9))
-    parser = argparse.ArgumentParser(prog="olmo2")
-    data = parser.add_subparsers(dest="cmd").add_parser("data").add_subparsers(dest="verb")
-    tk.register_tokenize(data)
-    args = parser.parse_args(["data", "tokenize", str(tmp_path / "x.jsonl"), "--tokenizer",
+    args = build_parser().parse_args(["data", "tokenize", str(tmp_path / "x.jsonl"), "--tokenizer",
                               tokfile, "--out", str(tmp_path / "o"), "--shard-tokens", "20",
                               "--quiet", "--workers", "1"])
     assert args.func(args) == 0

@@ -1,17 +1,23 @@
-"""`olmo2 data ...` verbs: build the offline demo corpus (`data demo`); more verbs plug in here.
+"""`olmo2 data ...` verbs: build the offline demo corpus, tokenize documents into shards.
+
+    olmo2 data demo [--cache-dir D] [--force] [--vocab-size 8192]
+    olmo2 data tokenize 'raw/*.jsonl.gz' --tokenizer tokenizer.json --out tok/ [--workers 8]
 
 `register(subparsers)` adds the `data` group and stores its sub-subparsers in the module
-global `DATA_SUBPARSERS`, so another verb (e.g. `data tokenize`) is added with
-`DATA_SUBPARSERS.add_parser(...)` inside this module's `register` or a function it calls.
+global `DATA_SUBPARSERS`, so another verb is added with `DATA_SUBPARSERS.add_parser(...)`
+inside this module's `register` or a function it calls. `data demo` prints a per-source
+summary table (docs, MB, tokens, license) to stdout, progress to stderr; `data tokenize`'s
+work and its file formats are documented in `olmo2/data/tokenize.py`.
 
-Run: `olmo2 data demo [--cache-dir D] [--force] [--vocab-size 8192]`; prints a per-source
-summary table (docs, MB, tokens, license) to stdout, progress to stderr.
+The library modules (`olmo2.data.demo`, `olmo2.data.tokenize`) import numpy and the
+tokenizers library; they are imported inside the run functions so `--help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from olmo2.commands import HelpFormatter
 from olmo2.errors import ConfigError
 
 DATA_SUBPARSERS: argparse._SubParsersAction | None = None
@@ -23,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     data = subparsers.add_parser("data", help="build and prepare training data")
     DATA_SUBPARSERS = data.add_subparsers(dest="data_cmd", metavar="VERB", required=True)
     _register_demo(DATA_SUBPARSERS)
+    _register_tokenize(DATA_SUBPARSERS)
     return data
 
 
@@ -37,6 +44,52 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=8192,
                    help="vocabulary size of the demo BPE tokenizer incl. special tokens; 0 = skip")
     p.set_defaults(func=run_demo)
+
+
+# `olmo2.data.tokenize.DEFAULT_SHARD_TOKENS`, spelled out so `--help` imports no numpy;
+# tests/test_cli.py checks the two agree.
+DEFAULT_SHARD_TOKENS = 100_000_000
+
+
+def _register_tokenize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tokenize", help="tokenize JSONL/Parquet/txt into uint32 token shards (EOS after each document)",
+        formatter_class=HelpFormatter,
+        description="Tokenize documents into uint32 .npy token shards plus metadata, each "
+                    "document followed by EOS (no BOS), as OLMo 2's pretraining data. Reruns "
+                    "resume; --num-shards/--shard-index split the inputs over a job array (all "
+                    "parts may share one --out).",
+        epilog="examples:\n"
+               "  olmo2 data tokenize 'raw/*.jsonl.gz' --tokenizer tokenizer.json --out tok/\n"
+               "  olmo2 data tokenize 'raw/**/*.zst' --tokenizer t.json --out tok/ "
+               "--num-shards 64 --shard-index $SLURM_ARRAY_TASK_ID")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="input files or globs (.jsonl[.gz|.zst], .parquet, .txt)")
+    p.add_argument("--tokenizer", required=True, help="a HF tokenizer.json")
+    p.add_argument("--out", required=True, help="output directory for shards + metadata")
+    p.add_argument("--text-field", default="text", help="JSON/Parquet field with the text")
+    p.add_argument("--eos-id", type=int, default=None,
+                   help="EOS id appended to each document (default: the id of <|endoftext|>)")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
+                   help=f"close a shard once it holds at least this many tokens (default {DEFAULT_SHARD_TOKENS:,})")
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="split the input files into this many parts (cluster job array)")
+    p.add_argument("--shard-index", type=int, default=0, help="which part this run handles")
+    p.add_argument("--workers", type=int, default=None, help="cores to use (default: all)")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed line")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_tokenize)
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    """`olmo2 data tokenize`: tokenize the inputs into shards under --out."""
+    from olmo2.data.tokenize import tokenize
+
+    tokenize(args.inputs, args.tokenizer, args.out, text_field=args.text_field,
+             eos_id=args.eos_id, shard_tokens=args.shard_tokens, num_shards=args.num_shards,
+             shard_index=args.shard_index, workers=args.workers, strict=args.strict,
+             progress=not args.quiet)
+    return 0
 
 
 def format_summary(manifest: dict) -> str:

@@ -1,4 +1,12 @@
-"""Verbs about a checkpoint itself: `init`, `info`, `score`."""
+"""Verbs about a checkpoint itself: `init`, `info`, `score`.
+
+    olmo2 init --preset tiny --out runs/m --seed 3
+    olmo2 info --model runs/m
+    olmo2 score --model runs/m --text "Hello" --per-token
+
+Heavy imports (torch, the model) happen inside the run functions so that building the
+parser stays cheap.
+"""
 from __future__ import annotations
 
 import json
@@ -6,30 +14,58 @@ import math
 import sys
 from pathlib import Path
 
+from olmo2.config import PRESETS
+from olmo2.commands import HelpFormatter
 from olmo2.errors import Olmo2Error
+
+# The dtype names the CLI offers (olmo2/checkpoint.py parse_dtype also takes the aliases);
+# spelled here so --help needs no torch. Compute stays float32/bfloat16: fp16 overflows.
+STORED_DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("init", help="write a randomly initialised checkpoint (HF format) from a preset")
-    p.add_argument("--preset", required=True, help="olmo2-1b, olmo2-7b, olmo2-13b, tiny, tiny-gqa, tiny-demo")
+    """Add `init`, `info` and `score` to the top-level CLI."""
+    p = sub.add_parser(
+        "init", help="write a randomly initialised checkpoint (HF format) from a preset",
+        formatter_class=HelpFormatter,
+        description="Write a randomly initialised model from a preset shape as an HF directory "
+                    "(config.json, model.safetensors, model card) that transformers and `olmo2` load. "
+                    "For tests and benchmarks: the weights are random, its text is noise.",
+        epilog="example:\n  olmo2 init --preset tiny --out runs/tiny-init --seed 1\n"
+               "  olmo2 init --preset olmo2-1b --out runs/1b-init --dtype bfloat16 --tokenizer dolma2/")
+    p.add_argument("--preset", required=True, choices=list(PRESETS), help="model shape")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--seed", type=int, default=0, help="init RNG seed")
-    p.add_argument("--dtype", default="float32", help="stored dtype: float32 or bfloat16")
+    p.add_argument("--dtype", choices=STORED_DTYPES, default="float32", help="stored dtype")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or dir) to store with the model")
     p.set_defaults(func=run_init)
 
-    p = sub.add_parser("info", help="config, parameter count and size per dtype of a checkpoint")
+    p = sub.add_parser(
+        "info", help="config, parameter count and size per dtype of a checkpoint",
+        formatter_class=HelpFormatter,
+        description="Print a checkpoint's config, its parameter count and its size in each dtype, "
+                    "reading only config.json and the safetensors headers (no weights are loaded).",
+        epilog="example:\n  olmo2 info --model runs/replicate-tiny/soup\n"
+               "  olmo2 info --model allenai/OLMo-2-0425-1B --json")
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run_info)
 
-    p = sub.add_parser("score", help="per-token log-probs, total NLL and bits per byte of a text")
+    p = sub.add_parser(
+        "score", help="per-token log-probs, total NLL and bits per byte of a text",
+        formatter_class=HelpFormatter,
+        description="Score a text under the model: total and mean negative log-likelihood, "
+                    "perplexity and bits per UTF-8 byte (comparable across tokenizers); "
+                    "--per-token lists every token with its log-prob.",
+        epilog="example:\n  olmo2 score --model runs/replicate-tiny/soup --text 'The king said' --per-token\n"
+               "  olmo2 score --model runs/replicate-tiny/soup --file notes.txt --json")
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="the text to score")
     g.add_argument("--file", help="a UTF-8 text file to score")
     p.add_argument("--per-token", action="store_true", help="also print every token and its log-prob")
-    p.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
+    p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32", help="compute dtype")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run_score)
 

@@ -13,17 +13,76 @@ the loop shards the model (FSDP2 by default); only rank 0 writes recipe.json.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from olmo2.commands.model_cmds import STORED_DTYPES
+from olmo2.commands import HelpFormatter
 from olmo2.errors import Olmo2Error
 
 
+class _TrainHelp(argparse.Action):
+    """`train --help`: the recipes and every `--set` field with its doc, built only when asked.
+
+    The list comes from the recipe registry and the config dataclasses' field docstrings,
+    which import numpy and friends; doing that at parser build time would slow down every
+    other verb's --help."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.epilog = (parser.epilog or "") + "\n\n" + train_reference()
+        parser.print_help()
+        parser.exit()
+
+
+def train_reference() -> str:
+    """The recipes and the `--set` fields (type, default, doc), as text for `train --help`."""
+    import dataclasses
+    import textwrap
+
+    from olmo2.config import ModelConfig
+    from olmo2.recipes import RECIPES, STAGE2
+    from olmo2.train.config import TrainConfig, field_docs
+
+    lines = ["recipes (--recipe NAME, or NAME:SEED for stage-2 recipes):"]
+    for name, fn in RECIPES.items():
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        lines.append(f"  {name + (':SEED' if name in STAGE2 else ''):<22} {doc}")
+    for section, cls in (("train", TrainConfig), ("model", ModelConfig)):
+        docs = field_docs(cls)
+        lines.append(f"\n--set {section}.FIELD=VALUE fields (defaults shown are the dataclass's; "
+                     f"recipes set their own):")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else "required"
+            lines.append(f"  {section}.{f.name} ({f.type}, default {default})")
+            if f.name in docs:
+                lines += textwrap.wrap(docs[f.name], width=88, initial_indent=" " * 6,
+                                       subsequent_indent=" " * 6)
+    lines.append("\n  data.seed (int): the mix's sampling seed (other data comes from --data)")
+    return "\n".join(lines)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train one stage from a recipe (torchrun for many processes)")
+    """Add `train`, `soup`, `replicate` and `export` to the top-level CLI."""
+    p = sub.add_parser(
+        "train", help="train one stage from a recipe (torchrun for many processes)",
+        formatter_class=HelpFormatter, add_help=False,
+        description="Run the one training loop for a recipe (a stage: pretraining or anneal), "
+                    "writing sharded checkpoints, metrics.jsonl and loss.png under --out; "
+                    "resumes from the latest complete checkpoint there. Under torchrun it "
+                    "shards the model with FSDP2 across the processes.",
+        epilog="examples:\n"
+               "  olmo2 train --recipe tiny_stage1 --set train.max_steps=50 --out runs/t1\n"
+               "  olmo2 train --recipe tiny_stage2:42 --set train.init_from=runs/t1/step-000050 --out runs/t2\n"
+               "  torchrun --nproc-per-node 8 -m olmo2 train --recipe olmo2_1b_stage1 --data tok/mix --out runs/s1")
+    p.add_argument("-h", "--help", action=_TrainHelp,
+                   help="show this help, the recipes and every --set field, and exit")
     p.add_argument("--recipe", required=True,
-                   help="recipe NAME or NAME:SEED (olmo2_1b_stage1, olmo2_1b_stage2:42, tiny_stage1, ...)")
+                   help="recipe NAME or NAME:SEED (listed below)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a field, e.g. train.lr=1e-3 or model.n_layers=2 (repeatable)")
+                   help="override a field, e.g. train.lr=1e-3 or model.n_layers=2 (repeatable; fields below)")
     p.add_argument("--data", nargs="+", default=None,
                    help="tokenized shard dirs (`olmo2 data tokenize` output) instead of the recipe's mix")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json: checked against --data metadata, "
@@ -32,23 +91,45 @@ def register(sub) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe as JSON and exit")
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("soup", help="average checkpoints (uniform or weighted), tensor by tensor")
+    p = sub.add_parser(
+        "soup", help="average checkpoints (uniform or weighted), tensor by tensor",
+        formatter_class=HelpFormatter,
+        description="Average the weights of checkpoints of one architecture (e.g. the stage-2 "
+                    "anneals of several seeds), one tensor at a time so memory stays at about "
+                    "one checkpoint; writes an HF directory with the first input's tokenizer "
+                    "and a model card.",
+        epilog="examples:\n  olmo2 soup runs/s2-42/hf runs/s2-666/hf runs/s2-42069/hf --out runs/soup\n"
+               "  olmo2 soup a/ b/ --out ab --weights 3 1")
     p.add_argument("checkpoints", nargs="+", help="HF checkpoint directories (or training checkpoints)")
     p.add_argument("--out", required=True, help="output HF directory (written atomically)")
     p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per checkpoint (normalised)")
     p.set_defaults(func=run_soup)
 
-    p = sub.add_parser("replicate", help="the whole recipe end to end on the offline demo corpus")
-    p.add_argument("--recipe", default="tiny", help="replication to run (tiny)")
+    p = sub.add_parser(
+        "replicate", help="the whole recipe end to end on the offline demo corpus",
+        formatter_class=HelpFormatter,
+        description="Build the demo corpus, tokenize it, pretrain (stage 1), anneal with several "
+                    "seeds (stage 2), soup them, evaluate and write a Markdown report with loss "
+                    "curves; every model it leaves is an HF directory with a model card.",
+        epilog="examples:\n  olmo2 replicate --recipe tiny            # `make demo`\n"
+               "  olmo2 replicate --recipe tiny --quick    # `make demo-quick`")
+    p.add_argument("--recipe", default="tiny", help="replication to run (tiny; the published recipes need `train`)")
     p.add_argument("--quick", action="store_true", help="a ~3-minute variant (fewer steps)")
     p.add_argument("--out", default=None, help="output directory (default runs/replicate-<recipe>[-quick])")
     p.set_defaults(func=run_replicate)
 
-    p = sub.add_parser("export", help="write a training checkpoint as an HF directory")
+    p = sub.add_parser(
+        "export", help="write a training checkpoint as an HF directory",
+        formatter_class=HelpFormatter,
+        description="Convert a training (DCP, sharded) checkpoint into an HF directory "
+                    "(config.json, safetensors, model card, optional tokenizer) that "
+                    "transformers' Olmo2ForCausalLM and `olmo2 generate` load.",
+        epilog="examples:\n  olmo2 export runs/t1 --out runs/t1/hf --tokenizer tokenizer.json   # latest step\n"
+               "  olmo2 export runs/t1/step-000050 --out hf/t1-50 --dtype bfloat16")
     p.add_argument("checkpoint", help="a training checkpoint (run/step-XXXXXX) or a run dir (its latest)")
     p.add_argument("--out", required=True, help="output HF directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or dir) to store with the model")
-    p.add_argument("--dtype", default=None, help="stored dtype: float32 or bfloat16 (default: as trained)")
+    p.add_argument("--dtype", default=None, choices=STORED_DTYPES, help="stored dtype (default: as trained)")
     p.set_defaults(func=run_export)
 
 

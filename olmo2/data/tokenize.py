@@ -1,4 +1,5 @@
-"""`olmo2 data tokenize`: raw text files -> uint32 token shards (see `olmo2.data.shards`).
+"""`olmo2 data tokenize` (CLI in `olmo2/commands/data_cmds.py`): raw text files -> uint32
+token shards (see `olmo2.data.shards`).
 
     olmo2 data tokenize 'raw/*.jsonl.gz' --tokenizer tokenizer.json --out tok/ [--workers 8]
     # on a cluster job array (part I of N; all parts may share one --out):
@@ -428,37 +429,3 @@ def tokenize(inputs: list[str], tokenizer: str, out: str, *, text_field: str = "
               f"{meta['malformed_lines']} malformed lines, {elapsed:.1f}s -> {out}",
               file=sys.stderr)
     return meta
-
-
-# ---------------------------------------------------------------- CLI
-
-def register_tokenize(data_subparsers) -> None:
-    """Add the `tokenize` verb to the `olmo2 data` sub-command group (sets func=run)."""
-    p = data_subparsers.add_parser(
-        "tokenize", help="tokenize JSONL/Parquet/txt into uint32 .npy token shards",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="input files or globs (.jsonl[.gz|.zst], .parquet, .txt)")
-    p.add_argument("--tokenizer", required=True, help="path to a HF tokenizer.json")
-    p.add_argument("--out", required=True, help="output directory for shards + metadata")
-    p.add_argument("--text-field", default="text", help="JSON/Parquet field with the text")
-    p.add_argument("--eos-id", type=int, default=None,
-                   help=f"EOS id appended to each document (default: id of {EOS_TOKEN})")
-    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
-                   help="close a shard once it holds at least this many tokens")
-    p.add_argument("--num-shards", type=int, default=1,
-                   help="split the input files into this many parts (cluster job array)")
-    p.add_argument("--shard-index", type=int, default=0, help="which part this run handles")
-    p.add_argument("--workers", type=int, default=None, help="cores to use (default: all)")
-    p.add_argument("--strict", action="store_true", help="stop at the first malformed line")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=run_tokenize_cmd)
-
-
-def run_tokenize_cmd(args) -> int:
-    """Entry point for the parsed `olmo2 data tokenize` arguments."""
-    tokenize(args.inputs, args.tokenizer, args.out, text_field=args.text_field,
-             eos_id=args.eos_id, shard_tokens=args.shard_tokens, num_shards=args.num_shards,
-             shard_index=args.shard_index, workers=args.workers, strict=args.strict,
-             progress=not args.quiet)
-    return 0
