@@ -338,3 +338,21 @@ def test_cli_index_and_query(corpus, tmp_path, capsys):
     assert "[[" + PLANT + "]]" in out and "licence" in out and "shard f0000" in out
     assert main(["trace", "query", "--index", str(tmp_path / "nope"), "--text", "x"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_generate_trace(corpus, index, tmp_path, capsys):
+    """`generate --trace` prints the continuation unchanged and the trace view on stderr."""
+    _, _, tokpath = corpus
+    m = str(tmp_path / "m")
+    assert main(["init", "--preset", "tiny", "--out", m, "--tokenizer", tokpath, "--seed", "1"]) == 0
+    capsys.readouterr()
+    gen = ["generate", "--model", m, "--prompt", "w1 w2", "--max-new-tokens", "40",
+           "--temperature", "0"]
+    assert main(gen) == 0
+    plain = capsys.readouterr().out
+    assert main(gen + ["--trace", str(index.path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == plain
+    assert "output tokens, corpus" in err or "no span of the output" in err
+    assert main(gen + ["--trace", str(tmp_path)]) == 2
+    assert "not a trace index" in capsys.readouterr().err

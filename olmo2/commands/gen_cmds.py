@@ -46,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--prompt", required=True, help="prompt text ('-' reads it from stdin)")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template as one user turn")
     g.add_argument("--add-bos", action="store_true", help="with --chat: prepend <|endoftext|> (the SFT training format)")
+    g.add_argument("--trace", metavar="INDEX", default=None,
+                   help="then trace the continuation against an `olmo2 trace index` (view on stderr)")
     g.set_defaults(func=run_generate)
 
     c = subparsers.add_parser("chat", help="interactive chat with the OLMo 2 (tulu) template",
@@ -99,6 +101,9 @@ def run_generate(args) -> int:
     from olmo2.infer.generate import GenerationStats, stream_generate
     _validate(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.trace:  # a bad index fails before the model is loaded
+        from olmo2.trace.store import open_index
+        open_index(args.trace)
     model, tok = _load(args)
     if args.chat:
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -110,12 +115,17 @@ def run_generate(args) -> int:
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     pieces = stream_generate(model, tok, ids, args.max_new_tokens, generator=gen, stats=stats,
                              **_sampling_kwargs(args, tok))
+    out = []
     for piece in pieces:
         _write(piece)
+        out.append(piece)
     _write("\n")
     prefill = stats.prompt_tokens / stats.prefill_s if stats.prefill_s > 0 else 0.0
     print(f"[{stats.new_tokens} tokens ({stats.stop_reason}); prompt {stats.prompt_tokens} tokens at "
           f"{prefill:.1f} tok/s; decode {stats.decode_tok_s:.1f} tok/s]", file=sys.stderr)
+    if args.trace:
+        from olmo2.commands.trace_cmds import trace_and_print
+        trace_and_print(args.trace, "".join(out), stream=sys.stderr)
     return 0
 
 

@@ -42,7 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the text to trace ('-' reads stdin)")
     src.add_argument("--file", help="a UTF-8 file with the text to trace")
-    add_trace_options(q)
+    q.add_argument("--max-count", type=int, default=10,
+                   help="keep spans occurring at most this many times in the corpus")
+    q.add_argument("--max-docs", type=int, default=10, help="documents shown per span")
+    q.add_argument("--context", type=int, default=250, help="context tokens each side")
     q.add_argument("--json", action="store_true", help="print JSON instead of the terminal view")
     q.add_argument("--verify", action="store_true",
                    help="check whole-file sha256 of every shard (slow) instead of fingerprints")
@@ -50,34 +53,22 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return tr
 
 
-def add_trace_options(p: argparse.ArgumentParser) -> None:
-    """Span-selection flags shared by `trace query` and `generate --trace`."""
-    p.add_argument("--max-count", type=int, default=10,
-                   help="keep spans occurring at most this many times in the corpus")
-    p.add_argument("--max-docs", type=int, default=10, help="documents shown per span")
-    p.add_argument("--context", type=int, default=250, help="context tokens each side")
-
-
-def _check_opts(args) -> None:
-    for name in ("max_count", "max_docs"):
-        if getattr(args, name) < 1:
-            raise Olmo2Error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.context < 0:
-        raise Olmo2Error(f"--context must be >= 0, got {args.context}")
-
-
-def trace_and_print(index_path: str, text: str, args, as_json: bool = False,
-                    stream=None, verify: bool = False) -> None:
-    """Trace `text` against `index_path` and print the view (used by `generate --trace`)."""
+def trace_and_print(index_path: str, text: str, *, max_count: int = 10, max_docs: int = 10,
+                    context: int = 250, as_json: bool = False, stream=None,
+                    verify: bool = False) -> None:
+    """Trace `text` against `index_path` and print the view (also used by `generate --trace`)."""
+    for name, v in (("max-count", max_count), ("max-docs", max_docs)):
+        if v < 1:
+            raise Olmo2Error(f"--{name} must be >= 1, got {v}")
+    if context < 0:
+        raise Olmo2Error(f"--context must be >= 0, got {context}")
     from olmo2.trace.rank import trace_text
     from olmo2.trace.render import render_json, render_terminal
     from olmo2.trace.store import open_index
 
     stream = stream or sys.stdout
-    _check_opts(args)
     index = open_index(index_path, full_check=verify)
-    res = trace_text(index, text, max_count=args.max_count, max_docs=args.max_docs,
-                     context=args.context)
+    res = trace_text(index, text, max_count=max_count, max_docs=max_docs, context=context)
     if as_json:
         stream.write(render_json(res) + "\n")
     else:
@@ -105,5 +96,6 @@ def run_query(args) -> int:
             raise Olmo2Error(f"{args.file}: cannot read a UTF-8 text file ({e})") from e
     else:
         text = sys.stdin.read() if args.text == "-" else args.text
-    trace_and_print(args.index, text, args, as_json=args.json, verify=args.verify)
+    trace_and_print(args.index, text, max_count=args.max_count, max_docs=args.max_docs,
+                    context=args.context, as_json=args.json, verify=args.verify)
     return 0

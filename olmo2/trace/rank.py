@@ -3,7 +3,8 @@
 `trace_text(index, text)`:
 1. tokenize with the index's own tokenizer (its shards were made with it);
 2. at every word start, the longest span that occurs in the corpus (`query.longest`),
-   trimmed back so it also ends at a word end (spans are whole words, as in OLMoTrace);
+   trimmed back so it also ends at a word end and not on a whitespace-only token (spans
+   are whole words, as in OLMoTrace);
 3. keep maximal spans (drop a span contained in another) that occur at most K times
    (default 10) — nesting never changes which spans pass, since a span occurs at least as
    often as any span containing it;
@@ -96,8 +97,21 @@ def word_starts(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
+def end_ok(text: str, offsets: list[tuple[int, int]], starts_mask: np.ndarray) -> np.ndarray:
+    """Boolean per end position 0..L: a span [s, e) may end there (word end, no trailing
+    whitespace-only token)."""
+    ok = np.append(starts_mask, True)
+    for e in range(1, len(offsets) + 1):
+        a, b = offsets[e - 1]
+        if ok[e] and not text[a:b].strip():
+            ok[e] = False
+    ok[0] = False
+    return ok
+
+
 def candidate_spans(index: TraceIndex, ids: np.ndarray, starts_mask: np.ndarray,
-                    max_count: int) -> list[tuple[int, int, int]]:
+                    max_count: int, ends_mask: np.ndarray | None = None
+                    ) -> list[tuple[int, int, int]]:
     """(start, end, count) of maximal word-aligned spans occurring 1..max_count times."""
     L = ids.shape[0]
     starts = np.flatnonzero(starts_mask)
@@ -106,7 +120,7 @@ def candidate_spans(index: TraceIndex, ids: np.ndarray, starts_mask: np.ndarray,
     h = query.longest(index, ids, starts)
     ends = starts + h.length
     # Trim each span back to a word end (the token after it starts a word, or output end).
-    bound = np.append(starts_mask, True)
+    bound = np.append(starts_mask, True) if ends_mask is None else ends_mask
     trimmed = ends.copy()
     for i in range(len(starts)):
         while trimmed[i] > starts[i] and not bound[trimmed[i]]:
@@ -172,7 +186,8 @@ def trace_text(index: TraceIndex, text: str, *, max_count: int = DEFAULT_MAX_COU
     enc = index.tokenizer.encode(text, add_special_tokens=False)
     ids = np.asarray(enc.ids, dtype=np.int64)
     L = int(ids.shape[0])
-    cands = candidate_spans(index, ids, word_starts(text, enc.offsets), max_count)
+    starts = word_starts(text, enc.offsets)
+    cands = candidate_spans(index, ids, starts, max_count, end_ok(text, enc.offsets, starts))
     n_keep = math.ceil(fraction * L)
     scored = sorted(((span_logprob(index, ids, s, e), s, e, c) for s, e, c in cands))[:n_keep]
     spans: list[TraceSpan] = []

@@ -8,6 +8,7 @@ documents (BM25 order) with source, shard, token offset, licence and a context s
 from __future__ import annotations
 
 import json
+import re
 
 from olmo2.trace.rank import TraceResult
 
@@ -33,7 +34,7 @@ def _mark(text: str, ranges: list[tuple[int, int]], color: bool) -> str:
 
 
 def _one_line(s: str) -> str:
-    return " ".join(s.split())
+    return re.sub(r"\s+", " ", s)
 
 
 def render_terminal(res: TraceResult, color: bool = False, snippet_chars: int = 160) -> str:
@@ -47,7 +48,7 @@ def render_terminal(res: TraceResult, color: bool = False, snippet_chars: int = 
                  f"{res.corpus_tokens:,} tokens)")
     on, off = (_ON, _OFF) if color else ("[[", "]]")
     for k, sp in enumerate(res.spans, 1):
-        lines.append(f"\n#{k} tokens {sp.start}-{sp.end} {_one_line(sp.text)!r}: "
+        lines.append(f"\n#{k} tokens {sp.start}-{sp.end} {_one_line(sp.text).strip()!r}: "
                      f"{sp.count} occurrence{'s' if sp.count != 1 else ''}, "
                      f"unigram logp {sp.logprob:.1f}")
         for d in sp.docs:
@@ -55,7 +56,7 @@ def render_terminal(res: TraceResult, color: bool = False, snippet_chars: int = 
                          f"{d.offset:,} | doc {d.doc_id} | bm25 {d.score:.2f}")
             before = _one_line(d.before)[-snippet_chars:]
             after = _one_line(d.after)[:snippet_chars]
-            lines.append(f"    ...{before} {on}{_one_line(d.match)}{off} {after}...")
+            lines.append(f"    ...{before}{on}{_one_line(d.match)}{off}{after}...")
     return "\n".join(lines)
 
 
