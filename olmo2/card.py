@@ -2,8 +2,11 @@
 
 People meet a model through its directory long after the run that made it; the card
 says what it is, how it was made (when the caller knows), how to run it, and — always —
-that it can produce false, biased or harmful text. TruthfulQA (`olmo2 eval`) measures
-one side of that; nothing here makes the model safe.
+that it can produce false, biased or harmful text; nothing here makes the model safe.
+
+This module is the one place the card's text lives: every verb that writes an HF model
+directory (`init`, `export`, `soup`, and `replicate`'s stage and soup outputs) goes through
+`model_card`, and tests/test_model_card.py checks each of them. Say here only what exists.
 """
 from __future__ import annotations
 

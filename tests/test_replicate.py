@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from olmo2.card import RISK_NOTICE
 from olmo2.checkpoint import load_model
 from olmo2.data.bpe import train_bpe
 from olmo2.recipes import apply_overrides
@@ -36,6 +37,9 @@ def test_pipeline_artifacts(tmp_path):
                     sample_prompts=("the king",), sample_new_tokens=4)
     res = run_pipeline(tmp_path / "run", corpus, s1, s2, spec, data_root=root, progress=False)
     out = tmp_path / "run"
+    hf_dirs = [c.parent for c in out.rglob("config.json") if (c.parent / "model.safetensors").exists()]
+    assert len(hf_dirs) >= 5  # stage 1, 3 stage-2 seeds, soup: each carries the risk card
+    assert all(RISK_NOTICE in (d / "README.md").read_text() for d in hf_dirs), hf_dirs
     report = (out / "report.md").read_text()
     for row in ("stage 1 (pretrain)", "stage 2 seed 1", "stage 2 seed 2", "stage 2 seed 3", "soup of 3"):
         assert f"| {row} |" in report

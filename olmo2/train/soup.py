@@ -17,7 +17,8 @@ never a whole model.
 Checks: the shape fields of config.json must agree (else a one-line `Olmo2Error` naming
 the field and both files), and every ingredient must hold the same tensor names and shapes.
 The output directory is written atomically (`atomic_dir`); config.json, generation_config
-and tokenizer files are copied from the first ingredient.
+and tokenizer files are copied from the first ingredient; README.md is a new model card
+(olmo2/card.py) naming the ingredients and weights.
 
 Footgun: souping only makes sense for models fine-tuned from one shared parent (the
 stage-2 ingredients of one stage-1 checkpoint); the code cannot check that.
@@ -33,7 +34,9 @@ from pathlib import Path
 
 import torch
 
+from olmo2.card import model_card
 from olmo2.checkpoint import SafetensorsFile, _weight_files, plan_shards, resolve, write_weights
+from olmo2.config import ModelConfig
 from olmo2.errors import CheckpointError, Olmo2Error
 from olmo2.fsio import atomic_dir
 from olmo2.progress import Progress
@@ -153,5 +156,12 @@ def soup(checkpoints: list[str | os.PathLike], out_dir: str | os.PathLike, weigh
                     shutil.copy2(dirs[0] / f, tmp / f)
             meta = {"ingredients": [str(Path(c)) for c in checkpoints], "weights": w}
             (tmp / "soup.json").write_text(json.dumps(meta, indent=2) + "\n")
+            # The average is a new model: it gets its own card (with the risk notice), not a
+            # copy of the first ingredient's.
+            cfg = ModelConfig.from_json_file(tmp / "config.json")
+            (tmp / "README.md").write_text(model_card(
+                cfg, description=f"A weight average (model soup) of {len(checkpoints)} OLMo 2 checkpoints.",
+                training={"souped from": ", ".join(meta["ingredients"]),
+                          "weights": ", ".join(f"{x:.4g}" for x in w)}))
         prog.close()
     return out
