@@ -52,6 +52,7 @@ def model_card(cfg: ModelConfig, description: str | None = None, training: dict 
         "```",
         "olmo2 generate --model THIS_DIR --prompt 'Language modeling is' --temperature 0",
         "olmo2 chat --model THIS_DIR",
+        "olmo2 eval --model THIS_DIR --tasks truthfulqa,gsm8k --data-dir DATA --out RUN   # TruthfulQA MC1/MC2, GSM8K",
         "```",
         "",
         "It also loads in transformers: `AutoModelForCausalLM.from_pretrained(THIS_DIR)`.",

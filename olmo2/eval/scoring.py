@@ -188,7 +188,9 @@ class NativeBackend:
                 if len(cont) > 1:
                     x[b, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
             ctx_len = cmask.sum(-1)[gi]  # real context length per row
-            positions = ctx_len[:, None] + torch.arange(C - 1, device=dev)[None]
+            # Pad slots of short continuations may run past the model's last position;
+            # their outputs are never read, so any valid position will do.
+            positions = (ctx_len[:, None] + torch.arange(C - 1, device=dev)[None]).clamp(max=self.max_length - 1)
             key_ok = torch.ones(B, C - 1, T + C - 1, dtype=torch.bool, device=dev)
             key_ok[:, :, :T] = cmask[gi][:, None, :]
             key_ok[:, :, T:] = torch.ones(C - 1, C - 1, dtype=torch.bool, device=dev).tril()[None]

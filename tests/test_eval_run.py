@@ -1,0 +1,94 @@
+"""`olmo2 eval` end to end on a tiny checkpoint: outputs, determinism, backends, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval_fixtures import make_checkpoint
+from olmo2.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ck") / "m", max_seq_len=4096)
+
+
+def _run(ckpt, out, data, *extra, limit=3):
+    return main(["eval", "--model", str(ckpt), "--tasks", "gsm8k,truthfulqa", "--limit", str(limit), "--quiet",
+                 "--max-new-tokens", "8", "--data-dir", str(data), "--out", str(out), *extra])
+
+
+def test_eval_writes_results_and_is_deterministic(ckpt, shared_data, tmp_path):
+    assert _run(ckpt, tmp_path / "a", shared_data) == 0
+    assert _run(ckpt, tmp_path / "b", shared_data) == 0
+    for f in ("results.json", "gsm8k/predictions.jsonl", "truthfulqa/predictions.jsonl"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert len(res["model"]["weights_sha256"]) == 64 and res["olmo2_version"]
+    t = res["tasks"]["truthfulqa"]
+    assert t["task"] == "truthfulqa::olmo1" and t["n"] == 3 and set(t["metrics"]) == {"mc1", "mc2"}
+    assert 0 <= t["metrics"]["mc2"]["value"] <= 1 and t["settings"]["num_shots"] == 6
+    g = res["tasks"]["gsm8k"]
+    assert g["settings"]["stop_sequences"] == ["Question:", "</s>", "<|im_end|>", "\n\n"]
+    assert "format_failure_rate" in g["metrics"]
+    preds = [json.loads(l) for l in (tmp_path / "a" / "truthfulqa" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all(len(p["mc2_choices"]) >= 2 and "logprob" in p["mc2_choices"][0] for p in preds)
+    assert preds[0]["prompt"].endswith("\nA:")
+
+
+def test_native_and_hf_backends_give_identical_results(ckpt, shared_data, tmp_path):
+    pytest.importorskip("transformers")
+    assert _run(ckpt, tmp_path / "n", shared_data, "--backend", "native", limit=2) == 0
+    assert _run(ckpt, tmp_path / "h", shared_data, "--backend", "hf", limit=2) == 0
+    a = json.loads((tmp_path / "n" / "results.json").read_text())["results"]
+    b = json.loads((tmp_path / "h" / "results.json").read_text())["results"]
+    assert [(r["task"], r["metric"]) for r in a] == [(r["task"], r["metric"]) for r in b]
+    for x, y in zip(a, b):
+        assert x["value"] == pytest.approx(y["value"], abs=1e-6), x
+    pa = [json.loads(l) for l in (tmp_path / "n" / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
+    pb = [json.loads(l) for l in (tmp_path / "h" / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["output"] for p in pa] == [p["output"] for p in pb]
+
+
+def test_chat_variant_uses_the_template(ckpt, shared_data, tmp_path):
+    assert _run(ckpt, tmp_path / "c", shared_data, "--chat", limit=1) == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert res["tasks"]["gsm8k"]["task"] == "gsm8k::tulu" and res["tasks"]["truthfulqa"]["task"] == "truthfulqa::tulu"
+    g = json.loads((tmp_path / "c" / "gsm8k" / "predictions.jsonl").read_text().splitlines()[0])
+    assert g["prompt"].endswith("<|assistant|>\nAnswer:") and g["prompt"].count("<|user|>\nQuestion: ") == 9
+    t = json.loads((tmp_path / "c" / "truthfulqa" / "predictions.jsonl").read_text().splitlines()[0])
+    assert t["prompt"].startswith("<|user|>\nQ: What is human") and t["prompt"].endswith("\nA:\n<|assistant|>\n")
+
+
+def test_short_context_drops_leading_shots_and_counts_them(tmp_path, shared_data):
+    small = make_checkpoint(tmp_path / "small", max_seq_len=400)
+    assert main(["eval", "--model", str(small), "--tasks", "truthfulqa", "--limit", "4", "--quiet",
+                 "--data-dir", str(shared_data), "--out", str(tmp_path / "r")]) == 0
+    t = json.loads((tmp_path / "r" / "results.json").read_text())["tasks"]["truthfulqa"]
+    assert t["dropped_shot_items"] > 0
+    preds = [json.loads(l) for l in (tmp_path / "r" / "truthfulqa" / "predictions.jsonl").read_text().splitlines()]
+    assert any(not p["prompt"].startswith("Q: What is human life expectancy") for p in preds)
+    assert all(p["prompt"].startswith("Q: ") for p in preds)  # whole shots only
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys):
+    tiny = make_checkpoint(tmp_path / "t", max_seq_len=16)
+    cases = [
+        (["--tasks", "gsm8k,nope"], "--tasks: unknown task nope"),
+        (["--tasks", "truthfulqa", "--batch-size", "0"], "--batch-size must be"),
+        (["--tasks", "truthfulqa"], "even with all 6 shots dropped"),
+    ]
+    for extra, msg in cases:
+        rc = main(["eval", "--model", str(tiny), "--quiet", "--data-dir", str(shared_data), "--limit", "2",
+                   "--out", str(tmp_path / "out"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err[-1].startswith("error: ") and msg in err[-1], err
+        assert not (tmp_path / "out").exists()
+    bad = tmp_path / "data" / "gsm8k"
+    bad.mkdir(parents=True)
+    (bad / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
+    rc = main(["eval", "--model", str(tiny), "--tasks", "gsm8k", "--data-dir", str(tmp_path / "data"),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "test.jsonl:2:" in err[-1] and not (tmp_path / "out").exists()
