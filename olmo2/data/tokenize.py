@@ -10,6 +10,16 @@ file). Each document becomes `ids + [EOS]` with no BOS, as OLMo 2 pretraining da
 tokens`). Documents are never split across shards; a shard is closed once it holds at least
 `--shard-tokens` tokens.
 
+Special-token strings inside a document: a literal `<|endoftext|>` (or any other added
+token of the tokenizer) in the text is matched as that token, so the EOS id can occur
+mid-document. This is what OLMo's own tokenization does: ai2-olmo 0.6.0 `olmo/tokenizer.py`
+(`Tokenizer.encode_batch` -> `tokenizers` `encode_batch`, whose added-token matching is on)
+and `dolma tokens` (`encode_special_tokens` defaults to False). Like their
+`add_special_tokens`, EOS is appended only if the ids do not already end with EOS, so a text
+ending in a literal `<|endoftext|>` gets one EOS, not two. tests/test_data_tokenize.py
+checks both against OLMo's tokenizer code read from the ai2-olmo wheel. Not copied from
+dolma: its `.strip()` of the text and its skipping of blank documents.
+
 Determinism and resume: inputs are sorted; input file #i writes shards `f{i:05d}-{k:05d}`,
 and the cut points depend only on the file contents and the settings, so a rerun produces the
 same shards. Each shard's `.json` record (written last) stores the line range it covers; a
@@ -237,14 +247,20 @@ def tokenize_file(job: dict, report=None) -> dict:
     state = {"k": 0, "writer": None, "line_start": 0}
     malformed, last_pos = 0, 0
 
-    def consume(lineno, ids):
+    def consume(lineno, ids) -> int:
         if state["writer"] is None:
             name = f"{prefix}-{state['k']:05d}"
             state["writer"], state["line_start"] = ShardWriter(name), lineno
         w = state["writer"]
-        w.add_doc(np.concatenate([np.asarray(ids, dtype=np.uint32), eos]))
+        doc = np.asarray(ids, dtype=np.uint32)
+        # As OLMo's `add_special_tokens` (olmo/tokenizer.py, dolma's tokenizer alike): EOS is
+        # appended unless the ids already end with it (a text ending in a literal EOS string).
+        if not len(doc) or doc[-1] != job["eos_id"]:
+            doc = np.concatenate([doc, eos])
+        w.add_doc(doc)
         if w.n_tokens >= job["shard_tokens"]:
             close(lineno + 1)
+        return len(doc)
 
     def close(line_end):
         w = state["writer"]
@@ -264,8 +280,7 @@ def tokenize_file(job: dict, report=None) -> dict:
         ids = _encode(tok, [t for _, t in batch])
         n_tok = 0
         for (lineno, _), d in zip(batch, ids):
-            consume(lineno, d)
-            n_tok += len(d) + 1
+            n_tok += consume(lineno, d)
         if report:
             report(pos - last_pos, len(batch), n_tok)
             last_pos = pos
