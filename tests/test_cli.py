@@ -62,7 +62,7 @@ def cli_verbs() -> set[tuple[str, ...]]:
         subs = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
         if subs:
             out.update((verb, s) for s in subs[0].choices)
-        else:
+        if not subs or p.get_default("func") is not None:  # a verb that also runs on its own
             out.add((verb,))
     return out
 

@@ -19,9 +19,20 @@ def _run(ckpt, out, data, *extra, limit=3):
                  "--max-new-tokens", "8", "--data-dir", str(data), "--out", str(out), *extra])
 
 
-def test_eval_writes_results_and_is_deterministic(ckpt, shared_data, tmp_path):
-    assert _run(ckpt, tmp_path / "a", shared_data) == 0
-    assert _run(ckpt, tmp_path / "b", shared_data) == 0
+@pytest.fixture(scope="module")
+def two_runs(ckpt, tmp_path_factory):
+    """The same command twice (the shared data must be present)."""
+    from conftest import SHARED_DATA
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    d = tmp_path_factory.mktemp("runs")
+    assert _run(ckpt, d / "a", SHARED_DATA) == 0
+    assert _run(ckpt, d / "b", SHARED_DATA) == 0
+    return d
+
+
+def test_eval_writes_results_and_is_deterministic(two_runs):
+    tmp_path = two_runs
     for f in ("results.json", "gsm8k/predictions.jsonl", "truthfulqa/predictions.jsonl"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     res = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -92,3 +103,44 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, shared_data, capsys)
                "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "test.jsonl:2:" in err[-1] and not (tmp_path / "out").exists()
+
+
+def test_report_renders_measured_next_to_published(two_runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "card.md"
+    assert main(["eval", "report", str(two_runs / "a"), "--out", str(out)]) == 0
+    md = out.read_text()
+    res = json.loads((two_runs / "a" / "results.json").read_text())
+    mc2 = res["tasks"]["truthfulqa"]["metrics"]["mc2"]
+    assert f"**{100 * mc2['value']:.1f}** (measured here, truthfulqa::olmo1; n=3, ±{100 * mc2['stderr']:.1f})" in md
+    assert "format fail" in md
+    for row in ("| Gemma 3 1B | 35.0 (published) | 43.8 (published) |",
+                "| Llama 3.2 1B | 45.4 (published) | 41.5 (published) |",
+                "| Qwen 2.5 1.5B | 66.2 (published) | 46.5 (published) |",
+                "| OLMo 2 1B Instruct | 68.3 (published) | 48.7 (published) |"):
+        assert row in md
+    assert (tmp_path / "card.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["eval", "report", str(tmp_path), "--out", str(out)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_diff_lists_flipped_items(two_runs, tmp_path, capsys):
+    import shutil
+    b = tmp_path / "b"
+    shutil.copytree(two_runs / "a", b)
+    f = b / "truthfulqa" / "predictions.jsonl"
+    recs = [json.loads(l) for l in f.read_text().splitlines()]
+    recs[1]["correct"] = not recs[1]["correct"]
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["eval", "diff", str(two_runs / "a"), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "truthfulqa: 3 common items" in out and "1 differ" in out and "item 1:" in out
+    assert "gsm8k: 3 common items" in out and "0 differ" in out
+    # an lm-eval samples file (doc_id + acc) against our run, one task
+    lm = tmp_path / "samples_truthfulqa_mc1.jsonl"
+    lm.write_text("".join(json.dumps({"doc_id": r["idx"], "acc": 1.0}) + "\n" for r in recs[:2]))
+    assert main(["eval", "diff", str(two_runs / "a"), str(lm), "--task", "truthfulqa"]) == 0
+    out = capsys.readouterr().out
+    wrong = sum(1 for r in recs[:2] if not json.loads((two_runs / "a" / "truthfulqa" / "predictions.jsonl")
+                                                      .read_text().splitlines()[r["idx"]])["correct"])
+    assert "2 common items (A only 1, B only 0)" in out and f"{wrong} differ" in out

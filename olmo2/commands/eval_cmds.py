@@ -1,7 +1,9 @@
-"""`olmo2 eval`: OLMES-style evaluation of a checkpoint (native or transformers backend).
+"""`olmo2 eval`: OLMES-style evaluation, the repro card, and run-vs-run diffs.
 
     olmo2 eval --model DIR --tasks gsm8k,truthfulqa [--limit N] [--backend native|hf] [--chat]
                [--data-dir DIR] [--batch-size N|auto] --out runs/eval/mymodel
+    olmo2 eval report RUN_DIR... [--out card.md]      # Markdown table + PNG beside published numbers
+    olmo2 eval diff RUN_A RUN_B [--task gsm8k]        # items whose outcome differs
 
 No torch import at module level: `olmo2 --help` must stay fast. Task data is loaded and
 validated before the model, so a malformed file fails in a second, and the output
@@ -34,6 +36,17 @@ def register(sub) -> None:
     p.add_argument("--out", help="run directory to write (results.json, <task>/predictions.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run_eval_cmd)
+    esub = p.add_subparsers(dest="eval_action", metavar="ACTION")
+    r = esub.add_parser("report", help="Markdown + PNG repro card: runs next to the published numbers")
+    r.add_argument("runs", nargs="+", help="run directories written by `olmo2 eval`")
+    r.add_argument("--out", dest="report_out", default="eval_report.md", help="Markdown file (PNG beside it)")
+    r.set_defaults(func=run_report_cmd)
+    d = esub.add_parser("diff", help="items whose outcome differs between two runs")
+    d.add_argument("run_a")
+    d.add_argument("run_b")
+    d.add_argument("--task", default=None, help="only this task")
+    d.add_argument("--max-items", type=int, default=50, help="list at most this many differing items per task")
+    d.set_defaults(func=run_diff_cmd)
 
 
 def _batch_size(text: str):
@@ -79,5 +92,19 @@ def run_eval_cmd(args) -> int:
         star = "*" if r["primary"] else " "
         print(f"{star} {r['task']:<22} {r['metric']:<20} {r['value']:.4f} ± {r['stderr']:.4f}  (n={r['n']})")
     print(f"wrote {out}/results.json", file=sys.stderr)
+    return 0
+
+
+def run_report_cmd(args) -> int:
+    from olmo2.eval.card import write_card
+    md, png = write_card([Path(r) for r in args.runs], Path(args.report_out))
+    print(f"wrote {md}" + (f" and {png}" if png else " (no PNG: matplotlib is not installed)"), file=sys.stderr)
+    return 0
+
+
+def run_diff_cmd(args) -> int:
+    from olmo2.eval.diff import diff_runs, format_diff
+    result = diff_runs(Path(args.run_a), Path(args.run_b), args.task)
+    print(format_diff(result, args.max_items))
     return 0
 
