@@ -16,6 +16,13 @@ A thin wrapper over a `tokenizers.Tokenizer` loaded from `tokenizer.json`:
   `<|endoftext|>`); `add_bos` switches between the two. We also write the same template in
   Jinja into `tokenizer_config.json`, so `transformers`' `apply_chat_template` renders the
   identical string (a test checks this).
+- A checkpoint's own chat template wins: `from_pretrained(dir)` reads `chat_template.jinja`
+  or `tokenizer_config.json`'s `chat_template` (as transformers does, the separate file
+  first) and renders it with jinja2 in the environment transformers uses (sandboxed,
+  `trim_blocks`/`lstrip_blocks`, `raise_exception`, `tojson`, `strftime_now`, loop controls,
+  `{% generation %}`), with the special tokens as variables. The Python tulu renderer is the
+  fallback when there is no template (or it is one of ours: identical output, clearer errors).
+  `save()` writes the checkpoint's template back unchanged.
 """
 from __future__ import annotations
 
@@ -46,13 +53,21 @@ CHAT_TEMPLATE = _JINJA_BODY
 CHAT_TEMPLATE_BOS = "{{ bos_token }}" + _JINJA_BODY
 
 
-def render_chat(messages: list[dict], eos_token: str = EOS_TOKEN, add_generation_prompt: bool = True,
-                add_bos: bool = False) -> str:
-    """The tulu chat string for `messages` ([{role, content}]); see the module docstring."""
-    out = [eos_token] if add_bos else []
+def _check_messages(messages) -> None:
+    """The shape every template needs: a list of {role, content} objects."""
+    if not isinstance(messages, (list, tuple)):
+        raise Olmo2Error("messages: expected a list of {'role', 'content'} objects")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise Olmo2Error(f"messages[{i}]: expected an object with 'role' and 'content'")
+
+
+def render_chat(messages: list[dict], eos_token: str = EOS_TOKEN, add_generation_prompt: bool = True,
+                add_bos: bool = False) -> str:
+    """The tulu chat string for `messages` ([{role, content}]); see the module docstring."""
+    _check_messages(messages)
+    out = [eos_token] if add_bos else []
+    for i, m in enumerate(messages):
         role, content = m["role"], m["content"]
         if role not in ROLES:
             raise Olmo2Error(f"messages[{i}].role: {role!r} is not one of {', '.join(ROLES)}")
@@ -67,14 +82,94 @@ def render_chat(messages: list[dict], eos_token: str = EOS_TOKEN, add_generation
     return "".join(out)
 
 
+def _read_chat_template(d: Path, cfg: dict, cfg_path: Path) -> tuple[str | None, Path | None]:
+    """(template, file it came from): `chat_template.jinja` first, then tokenizer_config.json's
+    `chat_template` (a string, or a list of {name, template} whose `default` entry is used)."""
+    jinja_file = d / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8"), jinja_file
+    t = cfg.get("chat_template")
+    if isinstance(t, list):
+        named = {e.get("name"): e.get("template") for e in t if isinstance(e, dict)}
+        t = named.get("default")
+    if t is None:
+        return None, None
+    if not isinstance(t, str):
+        raise CheckpointError(f"{cfg_path}: chat_template must be a string or a list of "
+                              f"{{name, template}} with a 'default' entry")
+    return t, cfg_path
+
+
+def compile_chat_template(template: str, source: str = "chat_template"):
+    """A jinja2 Template in the environment transformers renders chat templates in."""
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generation(Extension):
+        # `{% generation %}...{% endgeneration %}` marks assistant text for transformers'
+        # assistant-token masks; for a plain prompt string its body renders unchanged.
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # transformers' override: jinja's own tojson HTML-escapes, which no prompt wants
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        from datetime import datetime
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise CheckpointError(f"{source}: chat_template is not valid Jinja (line {e.lineno}: {e.message})") from None
+
+
+def render_chat_template(compiled, messages: list[dict], add_generation_prompt: bool,
+                         special_tokens: dict[str, str], source: str = "chat_template") -> str:
+    """Render a compiled chat template as transformers' `apply_chat_template(tokenize=False)`."""
+    import jinja2
+    try:
+        return compiled.render(messages=messages, tools=None, documents=None,
+                               add_generation_prompt=add_generation_prompt, **special_tokens)
+    except jinja2.exceptions.TemplateError as e:
+        msg = " ".join(str(e).split())
+        raise Olmo2Error(f"{source}: the chat template refused these messages: {msg}") from None
+
+
 class Tokenizer:
     """`tokenizer.json` + the ids that matter (eos, pad, optional bos) + the chat template."""
 
     def __init__(self, tk, eos_token: str = EOS_TOKEN, pad_token: str = PAD_TOKEN,
-                 chat_add_bos: bool = False, source: str = "tokenizer.json"):
+                 chat_add_bos: bool = False, source: str = "tokenizer.json",
+                 chat_template: str | None = None, template_source: str | None = None,
+                 special_tokens: dict[str, str] | None = None):
         self.tk = tk
         self.source = source
         self.eos_token, self.pad_token = eos_token, pad_token
+        # A checkpoint's own Jinja template (None: the built-in tulu renderer) and the
+        # special-token strings it sees (`bos_token`, `eos_token`, ...), as transformers passes.
+        self.chat_template = chat_template
+        self.template_source = template_source or source
+        self.special_tokens = dict(special_tokens or {"bos_token": eos_token, "eos_token": eos_token,
+                                                      "pad_token": pad_token, "unk_token": eos_token})
+        self._compiled = None
         self.eos_id = tk.token_to_id(eos_token)
         if self.eos_id is None:
             raise CheckpointError(f"{source}: has no {eos_token!r} token (OLMo 2 tokenizers need it as EOS)")
@@ -110,20 +205,27 @@ class Tokenizer:
             p = resolve(path_or_id)
         if not (p / "tokenizer.json").exists():
             raise CheckpointError(f"{p}: no tokenizer.json (save one with the model, or pass --tokenizer)")
-        kw = {}
+        kw: dict = {}
         cfg_path = p / "tokenizer_config.json"
+        cfg: dict = {}
         if cfg_path.exists():
             try:
-                cfg = json.loads(cfg_path.read_text())
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{cfg_path}: not valid JSON ({e.msg})") from None
-            for key, name in (("eos_token", "eos_token"), ("pad_token", "pad_token")):
+            special = {}
+            for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
                 v = cfg.get(key)
-                if isinstance(v, dict):
+                if isinstance(v, dict):  # older files store AddedToken dicts
                     v = v.get("content")
                 if isinstance(v, str):
-                    kw[name] = v
-            kw["chat_add_bos"] = str(cfg.get("chat_template", "")).lstrip().startswith("{{ bos_token }}")
+                    special[key] = v
+            kw.update({k: special[k] for k in ("eos_token", "pad_token") if k in special})
+            kw["special_tokens"] = special
+        template, where = _read_chat_template(p, cfg, cfg_path)
+        if template is not None:
+            kw.update(chat_template=template, template_source=str(where),
+                      chat_add_bos=template.lstrip().startswith("{{ bos_token }}"))
         return cls.from_file(p / "tokenizer.json", **kw)
 
     def save(self, out_dir: str | os.PathLike) -> None:
@@ -142,7 +244,8 @@ class Tokenizer:
             "unk_token": self.eos_token,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1000000000000000019884624838656,
-            "chat_template": CHAT_TEMPLATE_BOS if self.chat_add_bos else CHAT_TEMPLATE,
+            "chat_template": (self.chat_template if not self._builtin_template()
+                              else CHAT_TEMPLATE_BOS if self.chat_add_bos else CHAT_TEMPLATE),
         }
         (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         special = {"bos_token": self.eos_token, "eos_token": self.eos_token, "pad_token": self.pad_token,
@@ -181,10 +284,29 @@ class Tokenizer:
         return self.tk.token_to_id(token)
 
     # ---- chat ----------------------------------------------------------------------
+    def _builtin_template(self) -> bool:
+        return self.chat_template is None or self.chat_template in (CHAT_TEMPLATE, CHAT_TEMPLATE_BOS)
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
                             add_bos: bool | None = None) -> str:
-        add_bos = self.chat_add_bos if add_bos is None else add_bos
-        return render_chat(messages, self.eos_token, add_generation_prompt, add_bos)
+        """The prompt string for `messages`: the checkpoint's template, else the tulu one.
+
+        `add_bos` None keeps what the template does; True/False force a leading BOS string
+        (`<|endoftext|>`, the SFT training format) on or off."""
+        if self._builtin_template():
+            add_bos = self.chat_add_bos if add_bos is None else add_bos
+            return render_chat(messages, self.eos_token, add_generation_prompt, add_bos)
+        _check_messages(messages)
+        if self._compiled is None:
+            self._compiled = compile_chat_template(self.chat_template, self.template_source)
+        text = render_chat_template(self._compiled, messages, add_generation_prompt, self.special_tokens,
+                                    self.template_source)
+        bos = self.special_tokens.get("bos_token") or self.eos_token
+        if add_bos and not text.startswith(bos):
+            text = bos + text
+        elif add_bos is False and text.startswith(bos):
+            text = text[len(bos):]
+        return text
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True,
                     add_bos: bool | None = None) -> list[int]:
