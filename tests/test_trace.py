@@ -231,6 +231,10 @@ def test_memorised_fraction_brute_force(corpus, index):
     assert query.memorised_fraction(index, q) == pytest.approx(covered.mean())
     assert covered.mean() >= 29 / 50
     assert query.memorised_fraction(index, []) == 0.0
+    # The text form (what the replicate report calls) agrees, from an index path too.
+    text = " ".join(f"w{t - 2}" for t in q)
+    assert query.memorised_fractions(str(index.path), [text, ""]) == [
+        pytest.approx(covered.mean()), 0.0]
 
 
 # ---------------------------------------------------------------- build: determinism, resume, errors

@@ -16,7 +16,8 @@ match cannot cross shards. Reading past the end of a shard is the "end of string
 sorts first (key -1), the same order libdivsufsort uses.
 
 `memorised_fraction(index, ids)` is the memorisation figure for reports: the share of the
-tokens of a generation covered by a verbatim corpus span of >= 8 tokens.
+tokens of a generation covered by a verbatim corpus span of >= 8 tokens;
+`memorised_fractions(index_or_path, texts)` does it for a list of texts.
 """
 from __future__ import annotations
 
@@ -164,3 +165,16 @@ def memorised_fraction(index: TraceIndex, ids, min_len: int = 8) -> float:
         covered[s] += 1
         covered[s + h.length[s]] -= 1
     return float(np.count_nonzero(np.cumsum(covered)[:L])) / L
+
+
+def memorised_fractions(index: TraceIndex | str, texts: list[str], min_len: int = 8) -> list[float]:
+    """`memorised_fraction` of each text (tokenized with the index's tokenizer); for reports.
+
+    `index` may be an opened `TraceIndex` or the path of one.
+    """
+    if not isinstance(index, TraceIndex):
+        from olmo2.trace.store import open_index
+        index = open_index(index)
+    tok = index.tokenizer
+    return [memorised_fraction(index, tok.encode(t, add_special_tokens=False).ids, min_len)
+            for t in texts]
