@@ -126,8 +126,9 @@ def candidate_spans(index: TraceIndex, ids: np.ndarray, starts_mask: np.ndarray,
         while trimmed[i] > starts[i] and not bound[trimmed[i]]:
             trimmed[i] -= 1
     counts = h.count.copy()
-    for i in np.flatnonzero((trimmed != ends) & (trimmed > starts)):
-        counts[i] = query.count(index, ids, int(starts[i]), int(trimmed[i]))
+    redo = np.flatnonzero((trimmed != ends) & (trimmed > starts))
+    if redo.size:  # a trimmed span is a prefix of a match: one capped search counts them all
+        counts[redo] = query.longest(index, ids, starts[redo], trimmed[redo] - starts[redo]).count
     spans = [(int(s), int(e), int(c)) for s, e, c in zip(starts, trimmed, counts) if e > s]
     # Maximal: drop spans inside another (starts are unique and sorted, so a span is nested
     # iff an earlier-starting span ends at or after its end).

@@ -126,6 +126,9 @@ def _open_shard(d: Path, head: dict, full_check: bool) -> ShardIndex:
            f"{d}: index files disagree with the manifest ({m['tokens']} tokens); {rebuild}")
     cum = np.zeros(head["vocab_size"] + 1, dtype=np.int64)
     np.cumsum(unigram, out=cum[1:])
+    # Plain ndarray views of the maps: same pages, without np.memmap's per-index overhead
+    # (a third of the query time in a profile of many small fancy-index reads).
+    tokens, sa = tokens.view(np.ndarray), sa.view(np.ndarray)
     return ShardIndex(key=m["key"], name=m["shard_name"], path=sp, tokens=tokens, sa=sa,
                       unigram=unigram, doc_starts=doc_starts, dir=d, cum=cum)
 
