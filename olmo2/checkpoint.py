@@ -66,13 +66,31 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
             "check the id and your network, or download it and pass the directory") from None
 
 
+def _inside(d: Path, name: object) -> Path:
+    """d/name if `name` is a plain file name whose file stays inside d; else CheckpointError.
+
+    A symlink may point out of d only into the hub cache's blob store (snapshots/REV/x ->
+    ../../blobs/HASH), which is how huggingface_hub lays out every download."""
+    where = f"{d / INDEX_NAME}: weight_map entry {name!r}"
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or os.path.isabs(name):
+        raise CheckpointError(f"{where} is not a file name inside the checkpoint directory; refusing it")
+    p = d / name
+    real, root = Path(os.path.realpath(p)), Path(os.path.realpath(d))
+    blobs = root.parent.parent / "blobs" if root.parent.name == "snapshots" else None
+    if not (real.is_relative_to(root) or (blobs is not None and real.is_relative_to(blobs))):
+        raise CheckpointError(f"{where} is a link to {real}, outside the checkpoint directory; refusing it")
+    return p
+
+
 def _weight_files(d: Path) -> list[Path]:
     if (d / INDEX_NAME).exists():
         try:
             index = json.loads((d / INDEX_NAME).read_text())
-            files = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            files = sorted(set(index["weight_map"].values()), key=str)
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
             raise CheckpointError(f"{d / INDEX_NAME}: malformed index ({e}); re-save the checkpoint") from None
+        files = [_inside(d, f).name for f in files]
         missing = [f for f in files if not (d / f).exists()]
         if missing:
             raise CheckpointError(f"{d / missing[0]}: shard listed in {INDEX_NAME} is missing")

@@ -281,12 +281,17 @@ def tiny_pipeline_args(out_dir: str | Path, quick: bool = False):
 REPLICATIONS = {"tiny": tiny_pipeline_args}
 
 
+def default_out(recipe: str, quick: bool) -> str:
+    """Where `olmo2 replicate` writes when no --out is given."""
+    return f"runs/replicate-{recipe}{'-quick' if quick else ''}"
+
+
 def replicate(recipe: str = "tiny", out_dir: str | Path | None = None, quick: bool = False) -> PipelineResult:
     """Run a named replication (only `tiny` runs on a CPU) and print its report."""
     if recipe not in REPLICATIONS:
         raise Olmo2Error(f"unknown replication {recipe!r}; choose one of: {', '.join(REPLICATIONS)} "
                          f"(the published recipes need a cluster: use `olmo2 train --recipe olmo2_1b_stage1`)")
-    out_dir = Path(out_dir or f"runs/replicate-{recipe}{'-quick' if quick else ''}")
+    out_dir = Path(out_dir or default_out(recipe, quick))
     corpus, s1, s2, spec = REPLICATIONS[recipe](out_dir, quick)
     res = run_pipeline(out_dir, corpus, s1, s2, spec, data_root=out_dir / "data",
                        title=f"OLMo 2 {recipe} replication{' (quick)' if quick else ''}")

@@ -83,8 +83,10 @@ def _register_tokenize(sub: argparse._SubParsersAction) -> None:
 
 def run_tokenize(args: argparse.Namespace) -> int:
     """`olmo2 data tokenize`: tokenize the inputs into shards under --out."""
-    from olmo2.data.tokenize import tokenize
+    from olmo2.data.tokenize import expand_inputs, tokenize
+    from olmo2.outdir import check_out
 
+    check_out(args.out, "shards", inputs=[*expand_inputs(args.inputs), args.tokenizer])
     tokenize(args.inputs, args.tokenizer, args.out, text_field=args.text_field,
              eos_id=args.eos_id, shard_tokens=args.shard_tokens, num_shards=args.num_shards,
              shard_index=args.shard_index, workers=args.workers, strict=args.strict,
@@ -114,10 +116,13 @@ def format_summary(manifest: dict) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Build or reuse the demo corpus and print its summary."""
-    from olmo2.data.demo import build_demo_corpus  # keeps `olmo2 --help` fast
+    from olmo2.data.demo import build_demo_corpus, cache_root  # keeps `olmo2 --help` fast
+    from olmo2.outdir import check_out
 
     if args.vocab_size < 0:
         raise ConfigError(f"--vocab-size must be >= 0 (0 skips the tokenizer), got {args.vocab_size}")
+    # a rebuild replaces <cache>/demo as a whole: never over files the user put there
+    check_out(cache_root(args.cache_dir) / "demo", "demo", force=True, flag="--cache-dir")
     corpus = build_demo_corpus(cache_dir=args.cache_dir, force=args.force,
                                vocab_size=args.vocab_size or None)
     print(format_summary(corpus.manifest))

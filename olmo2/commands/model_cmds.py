@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="init RNG seed")
     p.add_argument("--dtype", choices=STORED_DTYPES, default="float32", help="stored dtype")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or dir) to store with the model")
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds a checkpoint")
     p.set_defaults(func=run_init)
 
     p = sub.add_parser(
@@ -76,8 +77,10 @@ def run_init(args) -> int:
     from olmo2.checkpoint import parse_dtype, save_model
     from olmo2.config import pad_vocab, preset
     from olmo2.model import Olmo2
+    from olmo2.outdir import check_out
     from olmo2.tokenizer import Tokenizer
 
+    check_out(args.out, "hf", inputs=[args.tokenizer], force=args.force)
     cfg = preset(args.preset)
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     if tok is not None and tok.vocab_size > cfg.vocab_size:

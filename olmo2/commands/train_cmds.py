@@ -89,6 +89,9 @@ def register(sub) -> None:
                                                      "and sizes the model's vocab and eos/pad ids")
     p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, recipe.json")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe as JSON and exit")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the checkpoints and metrics already in --out and start again from step 0 "
+                        "(without it a run directory with checkpoints resumes from the newest that loads)")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser(
@@ -103,6 +106,7 @@ def register(sub) -> None:
     p.add_argument("checkpoints", nargs="+", help="HF checkpoint directories (or training checkpoints)")
     p.add_argument("--out", required=True, help="output HF directory (written atomically)")
     p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per checkpoint (normalised)")
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds a checkpoint")
     p.set_defaults(func=run_soup)
 
     p = sub.add_parser(
@@ -130,6 +134,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output HF directory")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json (or dir) to store with the model")
     p.add_argument("--dtype", default=None, choices=STORED_DTYPES, help="stored dtype (default: as trained)")
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds a checkpoint")
     p.set_defaults(func=run_export)
 
 
@@ -139,6 +144,7 @@ def run_train(args) -> int:
     from olmo2.config import pad_vocab
     from olmo2.data.loader import Loader
     from olmo2.fsio import atomic_file
+    from olmo2.outdir import check_out
     from olmo2.recipes import apply_overrides, get_recipe
     from olmo2.train import parallel
     from olmo2.train.loop import train
@@ -155,6 +161,11 @@ def run_train(args) -> int:
         print(recipe.to_json())
         return 0
     t = recipe.train
+    out = Path(args.out)
+    check_out(out, "run", inputs=[*(args.data or []), t.init_from])
+    if args.restart:
+        recipe = recipe.replace(train=t.replace(resume=None))
+        t = recipe.train
     parallel.init_distributed()
     try:
         kw = dict(seq_len=t.seq_len, global_batch_size=t.global_batch_size, seed=t.seed,
@@ -166,7 +177,6 @@ def run_train(args) -> int:
             loader = Loader.from_dirs(args.data, tokenizer=tok_path, **kw)
         else:
             loader = Loader.from_mix(recipe.data, **kw)
-        out = Path(args.out)
         if parallel.rank() == 0:
             resolved = recipe.to_dict()
             if args.data:
@@ -174,7 +184,7 @@ def run_train(args) -> int:
             resolved["overrides"] = list(args.overrides)
             with atomic_file(out / "recipe.json") as f:
                 json.dump(resolved, f, indent=2)
-        res = train(recipe.model, t, loader, out)
+        res = train(recipe.model, t, loader, out, restart=args.restart)
         parallel.print0(f"done: step {res.step}, {res.tokens:,} tokens; last checkpoint {res.last_checkpoint}")
     finally:
         parallel.cleanup_distributed()
@@ -182,7 +192,9 @@ def run_train(args) -> int:
 
 
 def run_soup(args) -> int:
+    from olmo2.outdir import check_out
     from olmo2.train.soup import normalise_weights, soup
+    check_out(args.out, "hf", inputs=args.checkpoints, force=args.force)
     w = normalise_weights(len(args.checkpoints), args.weights)
     out = soup(args.checkpoints, args.out, weights=w)
     print(f"wrote {out}: average of {len(args.checkpoints)} checkpoints with weights "
@@ -191,13 +203,16 @@ def run_soup(args) -> int:
 
 
 def run_replicate(args) -> int:
-    from olmo2.replicate import print_result, replicate
+    from olmo2.outdir import check_out
+    from olmo2.replicate import default_out, print_result, replicate
+    check_out(args.out or default_out(args.recipe, args.quick), "replicate")
     print_result(replicate(args.recipe, args.out, quick=args.quick))
     return 0
 
 
 def run_export(args) -> int:
-    from olmo2.train.state import export_hf, latest_checkpoint
+    from olmo2.outdir import check_out
+    from olmo2.train.state import export_hf, latest_checkpoint, read_json
     ck = Path(args.checkpoint)
     if not (ck / "train_state.json").exists():
         latest = latest_checkpoint(ck)
@@ -205,10 +220,14 @@ def run_export(args) -> int:
             raise Olmo2Error(f"{ck}: not a training checkpoint and holds none (expected step-XXXXXX/ with "
                              f"train_state.json)")
         ck = latest
+    check_out(args.out, "hf", inputs=[ck, args.tokenizer], force=args.force)
     tok = None
     if args.tokenizer:
         from olmo2.tokenizer import Tokenizer
         tok = Tokenizer.from_pretrained(args.tokenizer)
+        vocab = read_json(ck, "train_config.json").get("model", {}).get("vocab_size")
+        if isinstance(vocab, int):  # before writing anything: a model that cannot embed its ids
+            tok.check_fits(vocab, f"{ck} (model.vocab_size)")
     out = export_hf(ck, args.out, tokenizer=tok, dtype=args.dtype)
     print(f"wrote {out} from {ck}")
     return 0

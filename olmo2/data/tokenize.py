@@ -36,8 +36,10 @@ spawned, so a script that calls `tokenize(..., workers>1)` needs an
 
 Footguns: `.zst` needs `pip install zstandard`, `.parquet` needs `pip install pyarrow`.
 Malformed lines are reported as `file:line: reason` and skipped (`--strict`: fatal).
-Changing the tokenizer, --text-field or --shard-tokens, or editing an input, invalidates
-that file's shards (they are redone); use a fresh --out when you change settings.
+Editing an input invalidates that file's shards (they are redone). Another tokenizer, EOS id,
+--text-field, --shard-tokens or --num-shards for an existing --out is refused (the settings
+are stored in --out/.olmo2-tokenize.json); a second run of the same part into the same --out
+while one is running is refused too (a lock file); see olmo2.data.shard_dir.
 """
 from __future__ import annotations
 
@@ -368,7 +370,26 @@ def tokenize(inputs: list[str], tokenizer: str, out: str, *, text_field: str = "
              eos_id: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
              num_shards: int = 1, shard_index: int = 0, workers: int | None = None,
              strict: bool = False, progress: bool = True) -> dict:
-    """Tokenize `inputs` (paths/globs) into shards under `out`; return the metadata dict."""
+    """Tokenize `inputs` (paths/globs) into shards under `out`; return the metadata dict.
+
+    Holds this part's lock on `out` and refuses settings other than those `out` was
+    tokenized with (olmo2.data.shard_dir), after the cheap checks of the arguments."""
+    from olmo2.data.shard_dir import guard_shard_dir
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
+    partition_inputs(expand_inputs(inputs), num_shards, shard_index)
+    info = tokenizer_info(tokenizer, eos_id)
+    settings = {"format_version": FORMAT_VERSION, "tokenizer_sha256": info["sha256"], "eos_id": info["eos_id"],
+                "text_field": text_field, "shard_tokens": int(shard_tokens), "num_shards": int(num_shards)}
+    with guard_shard_dir(out, settings, shard_index, num_shards, progress=progress):
+        return _tokenize(inputs, tokenizer, out, text_field=text_field, eos_id=eos_id, shard_tokens=shard_tokens,
+                         num_shards=num_shards, shard_index=shard_index, workers=workers, strict=strict,
+                         progress=progress)
+
+
+def _tokenize(inputs: list[str], tokenizer: str, out: str, *, text_field: str, eos_id: int | None,
+              shard_tokens: int, num_shards: int, shard_index: int, workers: int | None,
+              strict: bool, progress: bool) -> dict:
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
     files = expand_inputs(inputs)

@@ -50,7 +50,7 @@ def _base(steps: int, seed: int) -> TrainConfig:
                        t_max_tokens=int(tokens / COSINE_CUT), alpha_f=0.1,
                        global_batch_size=BATCH, micro_batch_size=BATCH, seq_len=SEQ_LEN,
                        max_steps=steps, max_tokens=None, z_loss_coeff=1e-4, precision="fp32",
-                       save_every=None, keep_last=1, resume=None, seed=seed, log_every=1)
+                       save_every=None, keep_last=1, resume="auto", seed=seed, log_every=1)
 
 
 def tiny_stage1(data_root: str = DEFAULT_ROOT, quick: bool = False, steps: int | None = None) -> Recipe:

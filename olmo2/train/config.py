@@ -100,10 +100,11 @@ class TrainConfig:
     save_every: int | None = 1000
     """Write a sharded checkpoint every N steps (and at the end); None: only at the end."""
     keep_last: int | None = 3
-    """Keep only the newest k complete checkpoints (None keeps all)."""
+    """Keep only the newest k >= 1 complete checkpoints (None keeps all); the checkpoint
+    just written is never deleted."""
     resume: str | None = "auto"
-    """auto (latest complete checkpoint in out_dir, else start fresh) | a checkpoint
-    path | None (always start fresh; existing checkpoints are overwritten)."""
+    """auto (newest checkpoint in out_dir that loads, else start fresh) | a checkpoint
+    path | None (start fresh; refused if out_dir holds checkpoints: use --restart)."""
     init_from: str | None = None
     """Warm start (stage 2): load model weights and AdamW moments from this checkpoint
     but start a fresh step counter, schedule and data position. Ignored when resuming."""
@@ -140,6 +141,10 @@ class TrainConfig:
             p.append(f"need 0 <= warmup_tokens < t_max_tokens (got {self.warmup_tokens}, {self.t_max_tokens})")
         if self.max_steps is None and self.max_tokens is None:
             p.append("set max_steps or max_tokens")
+        if self.keep_last is not None and (isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int)
+                                           or self.keep_last < 1):
+            p.append(f"keep_last must be an integer >= 1, or None to keep every checkpoint "
+                     f"(got {self.keep_last!r})")
         if self.max_consecutive_skips < 1:
             p.append("max_consecutive_skips must be >= 1")
         if p:

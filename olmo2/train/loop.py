@@ -46,12 +46,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from olmo2.config import ModelConfig
-from olmo2.errors import CheckpointError, ConfigError, DataError, Olmo2Error
+from olmo2.errors import ConfigError, DataError, Olmo2Error
+from olmo2.fsio import exclusive_lock
 from olmo2.progress import Progress
 from olmo2.train import parallel, state as ckpt
 from olmo2.train.config import TrainConfig
 from olmo2.train.metrics import MetricsLogger, memory_gb, peak_flops
 from olmo2.train.optim import build_optimizer, set_lr
+from olmo2.train.resume import clean_run_temps, clear_run, restore
 from olmo2.train.schedule import build_schedule
 
 IGNORE_INDEX = -100
@@ -148,17 +150,6 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _pick_resume(cfg: TrainConfig, out_dir: Path) -> Path | None:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "auto":
-        return ckpt.latest_checkpoint(out_dir)
-    p = Path(cfg.resume)
-    if not (p / "train_state.json").exists():
-        raise CheckpointError(f"resume={cfg.resume}: not a complete checkpoint directory (no train_state.json)")
-    return p
-
-
 def _done(cfg: TrainConfig, step: int, tokens: int) -> bool:
     return (cfg.max_steps is not None and step >= cfg.max_steps) or \
            (cfg.max_tokens is not None and tokens >= cfg.max_tokens)
@@ -172,13 +163,37 @@ def _scalar(t) -> float:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | os.PathLike,
           eval_hook: Callable[[nn.Module, TrainState], dict | None] | None = None,
-          callbacks: list[Callback] | tuple = (), model: nn.Module | None = None) -> TrainResult:
+          callbacks: list[Callback] | tuple = (), model: nn.Module | None = None,
+          restart: bool = False) -> TrainResult:
     """Train (or resume) per train_cfg on `data` (see the module docstring), writing
     checkpoints, metrics.jsonl and loss.png under out_dir. `model` overrides building
-    `Olmo2(model_cfg)` with the OLMo init (it must be an unwrapped Olmo2 on CPU)."""
-    cfg = train_cfg
+    `Olmo2(model_cfg)` with the OLMo init (it must be an unwrapped Olmo2 on CPU).
+
+    Rank 0 holds an exclusive lock on out_dir for the whole run (a second `train` into the
+    same directory is refused) and first removes what a killed run left (`step-N.tmp`).
+    restart=True (`olmo2 train --restart`) deletes out_dir's checkpoints and metrics first
+    and starts from step 0; otherwise see olmo2.train.resume for what is resumed."""
     out_dir = Path(out_dir)
     device = parallel.init_distributed()
+    lock = contextlib.nullcontext()
+    if parallel.rank() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = exclusive_lock(out_dir, f"run directory {out_dir}")
+    with lock:
+        if parallel.rank() == 0:
+            for p in clean_run_temps(out_dir):
+                parallel.print0(f"removed {p}, left by an interrupted run")
+            for p in (clear_run(out_dir) if restart else ()):
+                parallel.print0(f"--restart: deleted {p}")
+        parallel.barrier()
+        if restart:
+            train_cfg = train_cfg.replace(resume=None)
+        return _train(model_cfg, train_cfg, data, out_dir, device, eval_hook, callbacks, model)
+
+
+def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, device,
+           eval_hook, callbacks, model) -> TrainResult:
+    cfg = train_cfg
     rank, world = parallel.rank(), parallel.world_size()
     if cfg.global_batch_size % (world * cfg.micro_batch_size):
         raise Olmo2Error(f"global_batch_size {cfg.global_batch_size} must be a multiple of world_size × "
@@ -210,9 +225,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
 
     # ---- resume / warm start -----------------------------------------------------
     step = tokens = skips = 0
-    resumed = _pick_resume(cfg, out_dir)
+    resumed, st = restore(cfg, model_cfg, out_dir, model, optimizer)
     if resumed is not None:
-        st = ckpt.load_checkpoint(resumed, model, optimizer, full=True)
         step, tokens, skips = int(st["step"]), int(st["tokens"]), int(st.get("consecutive_skips", 0))
         if st.get("data") is not None:
             if not hasattr(data, "load_state_dict"):

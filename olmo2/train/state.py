@@ -5,7 +5,9 @@ A checkpoint is a directory `out_dir/step-000100/`:
     .metadata, __<rank>_0.distcp   torch.distributed.checkpoint (DCP): model + AdamW state,
                                    each rank writing its own shards (FSDP2 DTensors, or the
                                    whole tensors in a single process: DCP needs no group)
-    rank-00000.pt ...              per-rank state: data-loader state, torch/numpy/python RNG
+    rank-00000.json ...            per-rank state: data-loader state, torch/numpy/python RNG
+                                   (JSON: loading a checkpoint must never unpickle our own
+                                   state; older rank-*.pt pickles are refused, not loaded)
     train_config.json              {"model": ModelConfig, "train": TrainConfig}
     train_state.json               step, tokens, world size, ... (written last)
 
@@ -19,12 +21,20 @@ plain `model.layers.0....` names whatever the wrapping (FSDP2, DDP, activation
 checkpointing, compile), so a checkpoint written by N ranks loads on M ranks, or into a
 plain `Olmo2` on CPU (`load_model_from_checkpoint`, `export_hf`).
 
+Loading goes through `olmo2.train.dcp_safe`: DCP's `.metadata` is a pickle, read with an
+allowlisting unpickler, and its byte items with `torch.load(weights_only=True)`, so a
+planted payload in a checkpoint does not run. A DCP checkpoint written by another tool
+that uses other classes is refused rather than trusted. Any DCP failure (its
+`CheckpointException` is a BaseException) becomes one `CheckpointError` naming the
+checkpoint; `olmo2.train.resume` then falls back to the newest checkpoint that loads.
+
 Footgun: per-rank data-loader state only restores on the same world size; on a different
 one the loader is restored from rank 0's state (correct for loaders whose state is the
 global position, like olmo2.data.loader.Loader).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -43,8 +53,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
 
 from olmo2.config import ModelConfig
 from olmo2.errors import CheckpointError
-from olmo2.fsio import atomic_file
-from olmo2.train import parallel
+from olmo2.fsio import atomic_file, fsync_dir
+from olmo2.train import dcp_safe, parallel
 from olmo2.train.config import TrainConfig
 
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -72,19 +82,39 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return cks[-1][1] if cks else None
 
 
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
 def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's torch/numpy/python (and CUDA) RNG states as JSON-able values (exact:
+    JSON floats round-trip, the torch states are their bytes in base64)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    st = {"torch": _b64(torch.get_rng_state()),
+          "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+          "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return st
 
 
 def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
+    torch.set_rng_state(_unb64(st["torch"]))
+    name, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = st["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([_unb64(s) for s in st["cuda"]])
+
+
+def _rank_file(ckpt: Path, r: int) -> Path:
+    return ckpt / f"rank-{r:05d}.json"
 
 
 def _quiet():
@@ -115,7 +145,8 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model, optimizer, *, 
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
     finally:
         ctx.__exit__(None, None, None)
-    torch.save({"data": data_state, "rng": _rng_state()}, tmp / f"rank-{r:05d}.pt")
+    with atomic_file(_rank_file(tmp, r)) as f:
+        json.dump({"data": data_state, "rng": _rng_state()}, f)
     parallel.barrier()
     if r == 0:
         with atomic_file(tmp / "train_config.json") as f:
@@ -126,9 +157,12 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model, optimizer, *, 
         if final.exists():  # only when a fresh run (resume=None) reaches the same step again
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(out_dir)
         if keep_last:
+            # never the one just written, even if an explicit older resume left higher steps
             for _, old in list_checkpoints(out_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
     parallel.barrier()
     return final
 
@@ -136,9 +170,14 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model, optimizer, *, 
 def read_json(ckpt: str | os.PathLike, name: str) -> dict:
     p = Path(ckpt) / name
     try:
-        return json.loads(p.read_text())
+        d = json.loads(p.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{p}: not found; {ckpt} is not a complete training checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: corrupt ({e}); the checkpoint is damaged") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{p}: corrupt (not a JSON object); the checkpoint is damaged")
+    return d
 
 
 def _load_model_optim(ckpt: Path, model, optimizer) -> None:
@@ -151,10 +190,7 @@ def _load_model_optim(ckpt: Path, model, optimizer) -> None:
     state = {"model": msd, "optim": osd}
     ctx = _quiet()
     try:
-        dcp.load(state, checkpoint_id=str(ckpt))
-    except Exception as e:  # noqa: BLE001 - DCP raises many types for mismatches
-        raise CheckpointError(f"{ckpt}: cannot load model/optimizer state ({type(e).__name__}: {e}); "
-                              f"does the model config match the checkpoint?") from e
+        dcp_safe.load(state, ckpt)
     finally:
         ctx.__exit__(None, None, None)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -175,8 +211,12 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer, *, full: bool = T
         return {}
     r = parallel.rank()
     same_world = state.get("world_size") == parallel.world_size()
-    p = ckpt / f"rank-{r if same_world else 0:05d}.pt"
-    extra = torch.load(p, weights_only=False) if p.exists() else {}
+    p = _rank_file(ckpt, r if same_world else 0)
+    if not p.exists() and p.with_suffix(".pt").exists():
+        raise CheckpointError(f"{p.with_suffix('.pt')}: per-rank state in the old pickle format, which olmo2 "
+                              f"no longer loads (a pickle can run code); resume from a newer checkpoint "
+                              f"or start over with --restart")
+    extra = read_json(ckpt, p.name) if p.exists() else {}
     if same_world and "rng" in extra:
         _set_rng_state(extra["rng"])
     state["data"] = extra.get("data")
@@ -189,12 +229,15 @@ def load_model_from_checkpoint(ckpt: str | os.PathLike):
     Run it in one process (DCP reassembles the shards of any world size)."""
     from olmo2.model import Olmo2
     ckpt = Path(ckpt)
-    cfg = ModelConfig(**read_json(ckpt, "train_config.json")["model"])
+    try:
+        cfg = ModelConfig(**read_json(ckpt, "train_config.json")["model"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt / 'train_config.json'}: no valid model config ({e})") from None
     model = Olmo2(cfg)
     sd = {"model": model.state_dict()}
     ctx = _quiet()
     try:
-        dcp.load(sd, checkpoint_id=str(ckpt), no_dist=True)
+        dcp_safe.load(sd, ckpt, no_dist=True)
     finally:
         ctx.__exit__(None, None, None)
     model.load_state_dict(sd["model"])
