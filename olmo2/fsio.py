@@ -122,6 +122,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, name=path.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     lock_fd = os.open(tmp, os.O_RDONLY)
     _try_lock(lock_fd)
     try:

@@ -17,7 +17,7 @@ A torch.distributed.checkpoint (DCP) directory holds two pickles that stock DCP 
   and transform descriptors (we never write any).
 - non-tensor items (the AdamW param_groups: lr, betas, ...) are torch.save'd bytes inside
   `__<rank>_0.distcp`, which `DefaultLoadPlanner.load_bytes` reads with
-  `torch.load(weights_only=False)`. `SafeLoadPlanner` reads them with
+  torch.load with weights_only off. `SafeLoadPlanner` reads them with
   `weights_only=True` (tensors already are).
 
 Our own per-rank state (RNG, loader position) is JSON, not a pickle (`olmo2.train.state`).
@@ -151,6 +151,9 @@ def load(state: dict, ckpt: str | os.PathLike, no_dist: bool = False) -> None:
     ckpt = Path(ckpt)
     if not (ckpt / ".metadata").exists():
         raise CheckpointError(f"{ckpt}: no .metadata; not a complete training checkpoint")
+    # Checked here first: inside dcp.load a failing read_metadata is logged with a traceback
+    # and retried from per-rank metadata files before the error surfaces.
+    read_metadata_file(ckpt / ".metadata")
     try:
         dcp.load(state, storage_reader=SafeReader(ckpt), planner=SafeLoadPlanner(), no_dist=no_dist)
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP raises many types
