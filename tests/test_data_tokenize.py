@@ -278,8 +278,13 @@ def test_missing_parts_are_refused_by_name(tmp_path, tokfile):
     tk.tokenize([str(inp / "*.jsonl")], tokfile, str(out), workers=1, num_shards=3, shard_index=1,
                 progress=False)
     assert load_metadata(str(out))["total_docs"] == 48
-    # a second split's metadata in the same directory is refused too
-    tk.tokenize([str(inp / "0.jsonl")], tokfile, str(out), workers=1, progress=False)
+    # a second split into the same directory is refused when it starts (olmo2.data.shard_dir)...
+    with pytest.raises(DataError, match="--num-shards 3"):
+        tk.tokenize([str(inp / "0.jsonl")], tokfile, str(out), workers=1, progress=False)
+    # ...and a second split's metadata that got there anyway is refused on load
+    single = json.loads((out / "metadata.part-00000-of-00003.json").read_text())
+    single["part"] = {"index": 0, "count": 1, "num_inputs_total": 1}
+    (out / "metadata.json").write_text(json.dumps(single))
     with pytest.raises(DataError, match="different --num-shards"):
         load_metadata(str(out))
 
