@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ci_strict import pytest_runtest_makereport  # noqa: F401  (CI=true: registry-only skips fail)
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from olmo2.checkpoint import load_model
 from olmo2.config import preset
 from olmo2.errors import Olmo2Error
 from olmo2.model import Olmo2
@@ -197,7 +198,6 @@ def test_repeated_nan_aborts_after_n_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_export_hf_gives_identical_logits(tmp_path):
-    load_model = pytest.importorskip("olmo2.checkpoint").load_model
     res = train(MODEL_CFG, cfg(max_steps=3, save_final=True), ArraySource(corpus(), 4), tmp_path / "run")
     out = export_hf(res.last_checkpoint, tmp_path / "hf")
     loaded = load_model(out)
