@@ -21,6 +21,7 @@ logged server-side and answered with a generic 500).
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import threading
@@ -157,7 +158,15 @@ def create_app(cfg: ServeConfig, load_in_background: bool = True) -> FastAPI:
     from olmo2.serve import openai_routes
 
     state = State(cfg)
-    app = FastAPI(title="olmo2 serve", version="1", summary="OpenAI-compatible API for an OLMo 2 model")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if state.engine is not None:  # stop the worker thread with the server
+            state.engine.shutdown()
+
+    app = FastAPI(title="olmo2 serve", version="1", summary="OpenAI-compatible API for an OLMo 2 model",
+                  lifespan=lifespan)
     app.state.olmo2 = state
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
 
@@ -165,11 +174,6 @@ def create_app(cfg: ServeConfig, load_in_background: bool = True) -> FastAPI:
         threading.Thread(target=state.load, name="olmo2-load", daemon=True).start()
     else:
         state.load()
-
-    @app.on_event("shutdown")
-    def _shutdown():
-        if state.engine is not None:
-            state.engine.shutdown()
 
     # ---- errors in OpenAI's shape ---------------------------------------------------
     @app.exception_handler(ApiError)

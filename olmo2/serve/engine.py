@@ -305,7 +305,7 @@ class Engine:
         scores = logits.float()[None]
         if req.constraint is not None:
             scores = scores.clone() if scores.data_ptr() == logits.data_ptr() else scores
-            req.constraint.apply(scores)
+            req.constraint.apply(scores, req.max_tokens - row.generated)
         scores = process_logits(scores, req.params)
         if req.params.greedy:
             tok = int(torch.argmax(scores, dim=-1))
