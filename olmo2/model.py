@@ -70,6 +70,14 @@ class Rotary(nn.Module):
         self.head_dim, self.theta = head_dim, theta
         self._build(max_seq_len)
 
+    def reset_tables(self) -> None:
+        """Rebuild cos/sin on the device the buffers are on now (after `to_empty`, whose
+        buffers are uninitialised memory). Computed on the CPU and copied, so every device
+        holds the same fp32 values as the CPU tables the transformers parity rests on."""
+        device = self.cos.device
+        self._build(self.cos.shape[0])
+        self.cos, self.sin = self.cos.to(device), self.sin.to(device)
+
     def _build(self, n: int) -> None:
         # Same expression as transformers' default RoPE init, so the fp32 values agree.
         # Always built on the CPU, even inside `with torch.device("meta")` (how checkpoints
@@ -224,13 +232,27 @@ class Olmo2(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """OLMo 2 init: every Linear/Embedding ~ N(0, std) truncated at ±3σ; norms = 1."""
-        std = self.config.init_std
+        """OLMo 2 init: every Linear/Embedding ~ N(0, std) truncated at ±3σ; norms = 1.
+
+        Draws from `generator` module by module in `self.modules()` order; the sharded
+        init (olmo2/train/init.py) replays exactly this order to get the same weights."""
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
-            elif isinstance(m, RMSNorm):
-                m.weight.fill_(1.0)
+            if self.has_init(m):
+                self.init_weight_(m, m.weight, generator)
+        self.model.rotary.reset_tables()
+
+    @staticmethod
+    def has_init(module: nn.Module) -> bool:
+        """Whether `reset_parameters` initialises this module's `weight`."""
+        return isinstance(module, (nn.Linear, nn.Embedding, RMSNorm))
+
+    def init_weight_(self, module: nn.Module, out: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Write the OLMo 2 init of `module.weight` into `out` (a tensor of that shape)."""
+        if isinstance(module, RMSNorm):
+            out.fill_(1.0)
+        else:
+            std = self.config.init_std
+            nn.init.trunc_normal_(out, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -51,6 +51,7 @@ from olmo2.fsio import exclusive_lock
 from olmo2.progress import Progress
 from olmo2.train import parallel, state as ckpt
 from olmo2.train.config import TrainConfig
+from olmo2.train.init import build_model
 from olmo2.train.metrics import MetricsLogger, memory_gb, peak_flops
 from olmo2.train.optim import build_optimizer, set_lr
 from olmo2.train.resume import clean_run_temps, clear_run, restore
@@ -166,8 +167,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
           callbacks: list[Callback] | tuple = (), model: nn.Module | None = None,
           restart: bool = False) -> TrainResult:
     """Train (or resume) per train_cfg on `data` (see the module docstring), writing
-    checkpoints, metrics.jsonl and loss.png under out_dir. `model` overrides building
-    `Olmo2(model_cfg)` with the OLMo init (it must be an unwrapped Olmo2 on CPU).
+    checkpoints, metrics.jsonl and loss.png under out_dir. By default the model is built on
+    the meta device, sharded, then initialised per shard (`olmo2.train.init.build_model`:
+    the same weights as eager OLMo init with cfg.seed); `model` overrides that with a
+    ready unwrapped Olmo2 on CPU.
 
     Rank 0 holds an exclusive lock on out_dir for the whole run (a second `train` into the
     same directory is refused) and first removes what a killed run left (`step-N.tmp`).
@@ -208,14 +211,14 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
         torch.use_deterministic_algorithms(True)
     _seed_all(cfg.seed)
 
-    if model is None:
-        from olmo2.model import Olmo2
-        model = Olmo2(model_cfg)
-        model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
-    n_params = sum(p.numel() for p in model.parameters())
-    flop_params = n_params - model.model.embed_tokens.weight.numel()  # a lookup costs no matmul
+    # FLOPs per token from the config: counting parameters would see only local shards
+    flop_params = model_cfg.num_params() - model_cfg.vocab_size * model_cfg.d_model  # a lookup costs no matmul
     mode = parallel.resolve_parallel(cfg)
-    model = parallel.parallelize(model, cfg, parallel.build_mesh(device), device)
+    mesh = parallel.build_mesh(device)
+    if model is None:  # meta → shard → init per shard: no rank ever holds the whole model
+        model = build_model(model_cfg, cfg, mesh, device)
+    else:
+        model = parallel.parallelize(model, cfg, mesh, device)
     model.train()
     optimizer = build_optimizer(model, cfg)
     schedule = build_schedule(cfg)

@@ -115,6 +115,9 @@ def parallelize(model: nn.Module, cfg, mesh, device: torch.device | None = None)
     """AC → compile → FSDP2 per block then root (or DDP, or none); returns the model to train.
 
     `model` is an `Olmo2` on CPU; it is moved to `device` (FSDP2 moves shards itself).
+    A model on the meta device is materialised with `to_empty` on `device` after sharding,
+    so a rank allocates only its shards; its values are then uninitialised memory: run
+    `olmo2.train.init.init_weights` next (`build_model` does both).
     """
     device = device or device_for_rank()
     mode = resolve_parallel(cfg)
@@ -128,14 +131,17 @@ def parallelize(model: nn.Module, cfg, mesh, device: torch.device | None = None)
         for block in layers:
             block.compile()  # in place: parameter names stay unchanged
     compute = resolve_precision(cfg, device)
+    meta = any(p.is_meta for p in model.parameters())
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
         for block in layers:
             fully_shard(block, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)
+        if meta:
+            model.to_empty(device=device)
         return model
-    model = model.to(device)
+    model = model.to_empty(device=device) if meta else model.to(device)
     if mode == "ddp":
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model
