@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from olmo2.errors import Olmo2Error
+from olmo2.errors import GenerationError, Olmo2Error
 from olmo2.eval.task_types import EvalOptions, TaskOutput
 
 
@@ -62,12 +62,27 @@ def _tqa_run(backend, opts, items):
     return run_truthfulqa(backend, opts, items)
 
 
+def _mc_spec(task: str) -> TaskSpec:
+    def load(opts):
+        from olmo2.eval.tasks_mc import load_mc_task
+        return load_mc_task(task)
+
+    def run(backend, opts, formats):
+        from olmo2.eval.tasks_mc import run_mc_task
+        return run_mc_task(backend, opts, task, formats)
+    return TaskSpec(task, load, run, f"{task}: OLMES RC and MC formats, best of the two (wheel data)")
+
+
 TASKS: dict[str, TaskSpec] = {
     "gsm8k": TaskSpec("gsm8k", _gsm8k_load, _gsm8k_run,
                       "GSM8K test, 8-shot CoT, greedy, exact match (gsm8k::olmes; --chat: gsm8k::tulu)"),
     "truthfulqa": TaskSpec("truthfulqa", _tqa_load, _tqa_run,
                            "TruthfulQA MC1/MC2, 6-shot QA primer (truthfulqa::olmo1; --chat: ::tulu)"),
 }
+# Names match olmo2.eval.tasks_mc.MC_TASKS (not imported here: parsing --tasks stays cheap).
+for _t in ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa",
+           "sciq", "winogrande"):
+    TASKS[_t] = _mc_spec(_t)
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -96,7 +111,10 @@ def run_eval(backend, data: dict[str, object], opts: EvalOptions, out_dir: Path,
     outputs: list[tuple[str, TaskOutput]] = []
     for name, items in data.items():
         t0 = time.perf_counter()
-        out = TASKS[name].run(backend, opts, items)
+        try:
+            out = TASKS[name].run(backend, opts, items)
+        except GenerationError as e:  # say which task; the backend does not know
+            raise GenerationError(f"{name}: {e}") from None
         n = len(out.predictions)
         dt = time.perf_counter() - t0
         print(f"[eval] {out.task}: {out.primary} {out.metric(out.primary).value:.4f} "
