@@ -27,10 +27,8 @@ Batch format (all torch tensors, CPU):
   loss = CE(logits[:, :-1], labels[:, 1:]).
 - `instance_mask` BoolTensor [B_local]  False where the repetition filter masked the row.
 - `index`      LongTensor [B_local]  global instance ids (debugging / exact-resume checks).
-- only with `doc_masking=True` (default off, as OLMo 2 pretraining):
-  `doc_ids` LongTensor [B_local, T] (document number within the row; a token after EOS starts
-  a new document, EOS belongs to the document it ends) and `cu_seqlens` IntTensor [D+1],
-  varlen-attention boundaries over the flattened [B_local*T] batch (rows always split).
+No document masking: as in OLMo 2 pretraining, attention crosses the EOS between documents
+(facts §3), so the batch carries no document ids or varlen boundaries.
 
 Resume: the state is (epoch, step) plus a fingerprint of the dataset and settings;
 iterating after `load_state_dict(sd)` yields exactly what the uninterrupted run yielded from
@@ -151,19 +149,16 @@ class Loader:
 
     def __init__(self, dataset: TokenDataset, global_batch_size: int, seed: int = 0, *,
                  rank: int = 0, world_size: int = 1, repetition_filter: bool = True,
-                 doc_masking: bool = False, eos_id: int | None = None,
                  num_epochs: int | None = None):
         if global_batch_size < 1 or global_batch_size % world_size:
             raise DataError(f"global_batch_size {global_batch_size} must be a positive "
                             f"multiple of world_size {world_size}")
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} must be in [0, world_size {world_size})")
-        if doc_masking and eos_id is None:
-            raise DataError("doc_masking needs eos_id (Loader.from_dirs reads it from metadata)")
         self.dataset, self.seq_len = dataset, dataset.seq_len
         self.global_batch_size, self.seed = global_batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.repetition_filter, self.doc_masking, self.eos_id = repetition_filter, doc_masking, eos_id
+        self.repetition_filter = repetition_filter
         self.num_epochs = num_epochs
         self.steps_per_epoch = len(dataset) // global_batch_size
         if self.steps_per_epoch == 0:
@@ -189,7 +184,6 @@ class Loader:
         meta = load_metadata(dirs)
         if tokenizer is not None:
             check_tokenizer(meta, tokenizer)
-        kw.setdefault("eos_id", meta["eos_id"])
         paths = [s["path"] for s in meta["shards"]]
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
@@ -229,16 +223,6 @@ class Loader:
         labels[~keep] = -100
         batch = {"input_ids": torch.from_numpy(x), "labels": torch.from_numpy(labels),
                  "instance_mask": torch.from_numpy(keep), "index": torch.from_numpy(idx)}
-        if self.doc_masking:
-            is_eos = x == self.eos_id
-            doc = np.zeros_like(x)
-            doc[:, 1:] = np.cumsum(is_eos[:, :-1], axis=1)
-            starts = np.zeros_like(is_eos)
-            starts[:, 0] = True
-            starts[:, 1:] = is_eos[:, :-1]
-            cu = np.concatenate([np.flatnonzero(starts.ravel()), [x.size]]).astype(np.int32)
-            batch["doc_ids"] = torch.from_numpy(doc)
-            batch["cu_seqlens"] = torch.from_numpy(cu)
         return batch
 
     def __iter__(self) -> Iterator[dict]:
