@@ -159,7 +159,7 @@ class Tokenizer:
     def __init__(self, tk, eos_token: str = EOS_TOKEN, pad_token: str = PAD_TOKEN,
                  chat_add_bos: bool = False, source: str = "tokenizer.json",
                  chat_template: str | None = None, template_source: str | None = None,
-                 special_tokens: dict[str, str] | None = None):
+                 special_tokens: dict[str, str] | None = None, eos_id: int | None = None):
         self.tk = tk
         self.source = source
         self.eos_token, self.pad_token = eos_token, pad_token
@@ -170,9 +170,13 @@ class Tokenizer:
         self.special_tokens = dict(special_tokens or {"bos_token": eos_token, "eos_token": eos_token,
                                                       "pad_token": pad_token, "unk_token": eos_token})
         self._compiled = None
-        self.eos_id = tk.token_to_id(eos_token)
+        # `eos_id` overrides the lookup, for foreign tokenizers (`data tokenize --eos-id`).
+        self.eos_id = tk.token_to_id(eos_token) if eos_id is None else int(eos_id)
         if self.eos_id is None:
-            raise CheckpointError(f"{source}: has no {eos_token!r} token (OLMo 2 tokenizers need it as EOS)")
+            raise CheckpointError(f"{source}: has no {eos_token!r} token (OLMo 2 tokenizers need it as EOS; "
+                                  f"for tokenization, pass --eos-id)")
+        if not 0 <= self.eos_id < self.vocab_size:
+            raise CheckpointError(f"{source}: eos id {self.eos_id} is outside the vocabulary (size {self.vocab_size})")
         pid = tk.token_to_id(pad_token)
         self.pad_id = pid if pid is not None else self.eos_id
         self.chat_add_bos = chat_add_bos
@@ -184,7 +188,9 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            # Bytes, not read_text(): universal newlines would change the text and so the
+            # fingerprint (`sha256` must equal the file's sha256, which data shards record).
+            text = path.read_bytes().decode("utf-8")
             tk = HFTokenizer.from_str(text)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: not found") from None
@@ -232,7 +238,7 @@ class Tokenizer:
         """Write tokenizer.json, tokenizer_config.json (with the Jinja chat template) and
         special_tokens_map.json so both olmo2 and transformers load the same tokenizer."""
         out = Path(out_dir)
-        (out / "tokenizer.json").write_text(self.to_json(), encoding="utf-8")
+        (out / "tokenizer.json").write_bytes(self.to_json().encode("utf-8"))  # sha256 == self.sha256
         config = {
             # A fast tokenizer over tokenizer.json; no automatic BOS/EOS, like dolma2 in OLMo 2.
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -257,7 +263,8 @@ class Tokenizer:
 
     @property
     def sha256(self) -> str:
-        """Fingerprint of the tokenizer definition (data shards record it)."""
+        """The one tokenizer fingerprint: sha256 of the tokenizer.json bytes (of the file it was
+        loaded from, or of what `save` writes). Token-shard metadata records this value."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     # ---- encoding ------------------------------------------------------------------

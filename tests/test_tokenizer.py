@@ -75,3 +75,35 @@ def test_bad_messages():
         render_chat([{"role": "robot", "content": "x"}])
     with pytest.raises(Olmo2Error, match=r"messages\[1\]"):
         render_chat([{"role": "user", "content": "x"}, {"content": "y"}])
+
+
+def test_one_fingerprint_for_tokenizer_and_shards(tmp_path, dolma2_tokenizer_path):
+    """`Tokenizer.sha256` is the file's sha256, the value token shards record, even for a
+    tokenizer.json with CRLF line ends (a text-mode read once changed the hash)."""
+    import json as _json
+
+    from olmo2.data import tokenize as tk
+    from olmo2.data.shards import check_tokenizer, sha256_file
+    crlf = tmp_path / "tokenizer.json"
+    text = _json.dumps(_json.loads(dolma2_tokenizer_path.read_text(encoding="utf-8")), indent=1)
+    crlf.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    tok = Tokenizer.from_file(crlf)
+    assert tok.sha256 == sha256_file(crlf) != sha256_file(dolma2_tokenizer_path)
+    (tmp_path / "d.jsonl").write_text('{"text": "Hello world"}\n')
+    meta = tk.tokenize([str(tmp_path / "d.jsonl")], str(crlf), str(tmp_path / "o"), workers=1, progress=False)
+    assert meta["tokenizer"]["sha256"] == tok.sha256
+    check_tokenizer(meta, crlf)
+    tok.save(tmp_path)  # what save writes hashes to the same value
+    assert sha256_file(tmp_path / "tokenizer.json") == tok.sha256
+
+
+def test_one_tokenizer_loading_path():
+    """Only olmo2/tokenizer.py loads a tokenizer.json (bpe.py builds and trains new ones)."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "olmo2"
+    pattern = re.compile(r"from tokenizers import [^\n]*\bTokenizer\b|tokenizers\.Tokenizer\.from_")
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))
+                 and p.relative_to(root).as_posix() not in ("tokenizer.py", "data/bpe.py")]
+    assert not offenders, f"load tokenizers through olmo2.tokenizer.Tokenizer, not directly: {offenders}"

@@ -27,7 +27,7 @@ from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from olmo2.errors import DataError
+from olmo2.errors import DataError, Olmo2Error
 from olmo2.fsio import atomic_file
 
 # The cl100k pre-tokenization regex used by dolma2 (contractions, letters with one leading
@@ -89,17 +89,16 @@ class SpecialIds:
 
 def special_token_ids(tokenizer_json: Path) -> SpecialIds:
     """eos/pad ids and vocab size of a tokenizer.json (demo BPE or the real dolma2 file)."""
+    from olmo2.tokenizer import Tokenizer as Olmo2Tokenizer  # the one loading path
     path = Path(tokenizer_json)
     try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise DataError(f"{path}: not a readable tokenizer.json ({e}); re-run `olmo2 data demo`") from e
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
-    missing = [t for t, i in ids.items() if i is None]
+        tok = Olmo2Tokenizer.from_file(path)
+    except Olmo2Error as e:
+        raise DataError(f"{e}; re-run `olmo2 data demo` or use a dolma2-style tokenizer") from None
+    missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
     if missing:
         raise DataError(f"{path}: has no {', '.join(missing)} token; use a dolma2-style tokenizer")
-    return SpecialIds(eos=ids[EOS_TOKEN], pad=ids[PAD_TOKEN],
-                      vocab_size=tok.get_vocab_size(with_added_tokens=True))
+    return SpecialIds(eos=tok.eos_id, pad=tok.pad_id, vocab_size=tok.vocab_size)
 
 
 def pre_tokenizer_json(tokenizer_json: Path) -> dict:

@@ -195,8 +195,8 @@ def _count(manifest: dict, train: Sequence[Doc], val: Sequence[Doc], tokenizer: 
     """Fill per-source and total doc/char/byte/token counts into the manifest."""
     tok = None
     if tokenizer is not None:
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(tokenizer))
+        from olmo2.tokenizer import Tokenizer
+        tok = Tokenizer.from_file(tokenizer)
     totals = {"docs": 0, "chars": 0, "bytes": 0, "tokens": 0, "train_docs": 0, "val_docs": 0,
               "train_tokens": 0, "val_tokens": 0}
     for entry in manifest["sources"].values():
@@ -204,7 +204,7 @@ def _count(manifest: dict, train: Sequence[Doc], val: Sequence[Doc], tokenizer: 
     for split, docs in (("train", train), ("val", val)):
         for i in range(0, len(docs), 512):
             batch = docs[i:i + 512]
-            counts = ([len(e.ids) for e in tok.encode_batch([d.text for d in batch])] if tok
+            counts = ([len(ids) for ids in tok.encode_batch([d.text for d in batch])] if tok
                       else [len(d.text.encode("utf-8")) // 4 for d in batch])
             for d, n in zip(batch, counts):
                 e = manifest["sources"][d.source]

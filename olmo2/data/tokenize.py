@@ -58,10 +58,9 @@ import numpy as np
 
 from olmo2.data.shards import (FORMAT_VERSION, ShardWriter, metadata_name, read_json,
                                sha256_file, shard_complete, write_json)
-from olmo2.errors import DataError
+from olmo2.errors import DataError, Olmo2Error
 from olmo2.progress import Progress
 
-EOS_TOKEN = "<|endoftext|>"
 DEFAULT_SHARD_TOKENS = 100_000_000
 _BATCH_DOCS = 512
 _BATCH_BYTES = 4 << 20
@@ -189,15 +188,17 @@ _TOKENIZER_CACHE: dict = {}
 _PROGRESS_QUEUE = None
 
 
-def _load_tokenizer(path: str):
-    tok = _TOKENIZER_CACHE.get(path)
+def _load_tokenizer(path: str, eos_id: int | None = None):
+    """The raw `tokenizers.Tokenizer` for encode_batch, loaded through `olmo2.tokenizer` (the one
+    loading path); cached per process, as every worker tokenizes many batches."""
+    tok = _TOKENIZER_CACHE.get((path, eos_id))
     if tok is None:
-        from tokenizers import Tokenizer
+        from olmo2.tokenizer import Tokenizer
         try:
-            tok = Tokenizer.from_file(path)
-        except Exception as e:  # tokenizers raises a bare Exception on bad files
-            raise DataError(f"{path}: cannot load tokenizer.json ({e})") from e
-        _TOKENIZER_CACHE[path] = tok
+            tok = Tokenizer.from_file(path, eos_id=eos_id)
+        except Olmo2Error as e:  # the data pipeline reports it as a data problem
+            raise DataError(str(e)) from None
+        _TOKENIZER_CACHE[(path, eos_id)] = tok
     return tok
 
 
@@ -243,7 +244,7 @@ def tokenize_file(job: dict, report=None) -> dict:
                 return k
         return None
 
-    tok = _load_tokenizer(job["tokenizer"])
+    tok = _load_tokenizer(job["tokenizer"], job["eos_id"]).tk
     eos = np.array([job["eos_id"]], dtype=np.uint32)
     shards: dict[int, dict] = dict(done)
     state = {"k": 0, "writer": None, "line_start": 0}
@@ -351,19 +352,13 @@ def _worker(job: dict) -> dict:
 # ---------------------------------------------------------------- driver
 
 def tokenizer_info(tokenizer: str, eos_id: int | None = None) -> dict:
-    """sha256, vocab size and eos id of a tokenizer.json (eos looked up if not given)."""
+    """sha256 (`Tokenizer.sha256`), vocab size and eos id of a tokenizer.json (eos looked up if
+    not given)."""
     if not os.path.isfile(tokenizer):
         raise DataError(f"{tokenizer}: tokenizer.json not found")
-    tok = _load_tokenizer(os.path.abspath(tokenizer))
-    if eos_id is None:
-        eos_id = tok.token_to_id(EOS_TOKEN)
-        if eos_id is None:
-            raise DataError(f"{tokenizer}: no {EOS_TOKEN} token in the vocabulary; pass --eos-id")
-    vocab = tok.get_vocab_size(with_added_tokens=True)
-    if not 0 <= eos_id < vocab:
-        raise DataError(f"--eos-id {eos_id} is outside the vocabulary (size {vocab})")
-    return {"path": os.path.abspath(tokenizer), "sha256": sha256_file(tokenizer),
-            "vocab_size": vocab, "eos_id": int(eos_id)}
+    tok = _load_tokenizer(os.path.abspath(tokenizer), eos_id)
+    return {"path": os.path.abspath(tokenizer), "sha256": tok.sha256,
+            "vocab_size": tok.vocab_size, "eos_id": int(tok.eos_id)}
 
 
 def tokenize(inputs: list[str], tokenizer: str, out: str, *, text_field: str = "text",

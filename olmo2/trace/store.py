@@ -83,8 +83,8 @@ class TraceIndex:
     def tokenizer(self):
         """The index's `tokenizers.Tokenizer` (the one its shards were made with)."""
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-            self._tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            from olmo2.tokenizer import Tokenizer  # the one loading path
+            self._tokenizer = Tokenizer.from_file(self.path / "tokenizer.json", eos_id=self.eos_id).tk
         return self._tokenizer
 
 
