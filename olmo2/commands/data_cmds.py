@@ -3,9 +3,8 @@
     olmo2 data demo [--cache-dir D] [--force] [--vocab-size 8192]
     olmo2 data tokenize 'raw/*.jsonl.gz' --tokenizer tokenizer.json --out tok/ [--workers 8]
 
-`register(subparsers)` adds the `data` group and stores its sub-subparsers in the module
-global `DATA_SUBPARSERS`, so another verb is added with `DATA_SUBPARSERS.add_parser(...)`
-inside this module's `register` or a function it calls. `data demo` prints a per-source
+`register(subparsers)` adds the `data` group; a new `data` sub-verb gets a `_register_X(sub)`
+here, called from `register`, and a row in README's command table. `data demo` prints a per-source
 summary table (docs, MB, tokens, license) to stdout, progress to stderr; `data tokenize`'s
 work and its file formats are documented in `olmo2/data/tokenize.py`.
 
@@ -20,16 +19,13 @@ from pathlib import Path
 from olmo2.commands import HelpFormatter
 from olmo2.errors import ConfigError
 
-DATA_SUBPARSERS: argparse._SubParsersAction | None = None
-
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `data` command group and its verbs to the top-level CLI subparsers."""
-    global DATA_SUBPARSERS
     data = subparsers.add_parser("data", help="build and prepare training data")
-    DATA_SUBPARSERS = data.add_subparsers(dest="data_cmd", metavar="VERB", required=True)
-    _register_demo(DATA_SUBPARSERS)
-    _register_tokenize(DATA_SUBPARSERS)
+    sub = data.add_subparsers(dest="data_cmd", metavar="VERB", required=True)
+    _register_demo(sub)
+    _register_tokenize(sub)
     return data
 
 
