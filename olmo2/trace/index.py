@@ -157,9 +157,9 @@ def _source_licences(source_path: str) -> dict[str, str]:
 class _LabelReader:
     """Per-document (source, id, licence) of an input file, one file held at a time."""
 
-    def __init__(self, text_field: str):
-        self.text_field = text_field
-        self._path: str | None = None
+    def __init__(self):
+        self.text_field = "text"
+        self._path: tuple[str, str] | None = None
         self._rows: list[tuple[int, str, str, str]] | None = None
 
     def _load(self, path: str, sha: str | None) -> list[tuple[int, str, str, str]] | None:
@@ -191,10 +191,11 @@ class _LabelReader:
         return rows
 
     def labels(self, path: str, sha: str | None, line_start: int, line_end: int,
-               n_docs: int) -> list[tuple[str, str, str]]:
+               n_docs: int, text_field: str) -> list[tuple[str, str, str]]:
         """(source, id, licence) for the `n_docs` documents of lines [line_start, line_end)."""
-        if path != self._path:
-            self._path, self._rows = path, self._load(path, sha)
+        if (path, text_field) != self._path:
+            self.text_field = text_field
+            self._path, self._rows = (path, text_field), self._load(path, sha)
         if self._rows is not None:
             rows = [r[1:] for r in self._rows if line_start <= r[0] < line_end]
             if len(rows) == n_docs:
@@ -291,7 +292,8 @@ def build_shard(job: _ShardJob, out: Path, tok: dict, labels: _LabelReader) -> d
                         f"rerun `olmo2 data tokenize`")
     sa = suffix_array(tokens, vocab)
     unigram = np.bincount(tokens, minlength=vocab).astype(np.uint64)
-    rows = labels.labels(job.source, job.source_sha, job.line_start, job.line_end, job.docs)
+    rows = labels.labels(job.source, job.source_sha, job.line_start, job.line_end, job.docs,
+                         job.text_field)
     label_ids: dict[tuple[str, str], int] = {}
     doc_label = np.array([label_ids.setdefault((s, lic), len(label_ids)) for s, _, lic in rows],
                          dtype=np.uint32)
@@ -354,7 +356,7 @@ def build_index(data_dirs: list[str], out: str | os.PathLike, *, num_parts: int 
     mine = partition(jobs, num_parts, part_index)
     todo = [j for j in mine if not _shard_done(out / "shards" / j.key, j)]
     prog = Progress(sum(j.tokens for j in todo), desc="trace index", unit="tok", enabled=progress)
-    labels = _LabelReader(mine[0].text_field if mine else "text")
+    labels = _LabelReader()
     t0 = time.perf_counter()
     built_tokens = built_bytes = 0
     for j in todo:
