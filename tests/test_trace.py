@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -266,9 +267,14 @@ def test_build_deterministic_and_resumes(corpus, tmp_path, monkeypatch):
     shards = tmp_path / "b" / "shards"
     assert len([p for p in shards.iterdir() if not p.name.startswith(".")]) == 2
     assert not [p for p in shards.iterdir() if p.name.startswith(".")]  # temp dir removed
-    (shards / ".x.123.tmp").mkdir()  # what a SIGKILL leaves behind
+    key = sorted(p.name for p in shards.iterdir())[0]
+    (shards / f".{key}.k1ll3d.tmp").mkdir()  # what a SIGKILL leaves behind
+    (shards / ".other-part.x.tmp").mkdir()  # another array part's build in progress
     monkeypatch.setattr(ix, "suffix_array", real)
     s = ix.build_index([str(data)], tmp_path / "b", progress=False)
+    assert sorted(p.name for p in shards.iterdir() if p.name.startswith(".")) == [
+        ".other-part.x.tmp"]
+    shutil.rmtree(shards / ".other-part.x.tmp")
     assert s.shards_skipped == 2 and s.shards_built == s.shards_total - 2
     assert _index_files(tmp_path / "a") == _index_files(tmp_path / "b")
     again = ix.build_index([str(data)], tmp_path / "b", progress=False)
@@ -296,7 +302,6 @@ def _one_line_error(fn) -> str:
 
 def test_corrupt_or_mismatched_index_errors(corpus, tmp_path):
     d, data, _ = corpus
-    import shutil
     shutil.copytree(data, tmp_path / "data")
     ix.build_index([str(tmp_path / "data")], tmp_path / "idx", progress=False)
     open_index(tmp_path / "idx")
@@ -360,3 +365,19 @@ def test_generate_trace(corpus, index, tmp_path, capsys):
     assert "output tokens, corpus" in err or "no span of the output" in err
     assert main(gen + ["--trace", str(tmp_path)]) == 2
     assert "not a trace index" in capsys.readouterr().err
+
+
+def test_labels_fall_back_when_input_changed(corpus, tmp_path):
+    """An input edited after tokenizing cannot be trusted for labels: file name, 'unknown'."""
+    d, _, tok = corpus
+    raw = tmp_path / "in.jsonl"
+    shutil.copy(d / "raw" / "part0.jsonl", raw)
+    tokenize([str(raw)], tok, str(tmp_path / "data"), workers=1, progress=False)
+    ix.build_index([str(tmp_path / "data")], tmp_path / "ok", progress=False)
+    sh = open_index(tmp_path / "ok").shards[0]
+    assert sh.doc_info(1) == ("alpha", "p0-1", "unknown")  # no manifest.json beside in.jsonl
+    with open(raw, "a") as f:
+        f.write('{"text": "w1"}\n')
+    ix.build_index([str(tmp_path / "data")], tmp_path / "changed", progress=False)
+    sh = open_index(tmp_path / "changed").shards[0]
+    assert sh.doc_info(1) == ("in.jsonl", "in.jsonl:doc1", "unknown")

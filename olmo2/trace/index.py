@@ -323,11 +323,15 @@ def build_shard(job: _ShardJob, out: Path, tok: dict, labels: _LabelReader) -> d
     return dict(man, index_bytes=index_bytes)
 
 
-def _clean_stale(shards_dir: Path) -> None:
-    """Remove temp dirs of builds that were killed (atomic_dir's `.<key>.*.tmp`)."""
+def _clean_stale(shards_dir: Path, keys: set[str]) -> None:
+    """Remove temp dirs that killed builds of *these* shards left (atomic_dir's `.<key>.*`).
+
+    Only this part's keys: other parts of a job array may be writing into the same INDEX.
+    """
     if shards_dir.is_dir():
         for p in shards_dir.iterdir():
-            if p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name):
+            key = p.name[1:].split(".", 1)[0] if p.name.startswith(".") else None
+            if key in keys and (p.name.endswith(".tmp") or ".old-" in p.name):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -352,8 +356,8 @@ def build_index(data_dirs: list[str], out: str | os.PathLike, *, num_parts: int 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _ensure_index_root(out, tok)
-    _clean_stale(out / "shards")
     mine = partition(jobs, num_parts, part_index)
+    _clean_stale(out / "shards", {j.key for j in mine})
     todo = [j for j in mine if not _shard_done(out / "shards" / j.key, j)]
     prog = Progress(sum(j.tokens for j in todo), desc="trace index", unit="tok", enabled=progress)
     labels = _LabelReader()
