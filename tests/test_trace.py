@@ -194,6 +194,13 @@ def test_trace_text_selects_planted_span(index):
         assert doc.doc_id.startswith("p")
     scores = [doc.score for doc in sp.docs]
     assert scores == sorted(scores, reverse=True)
+    # BM25 against the whole output: an output that also uses the words around the last-
+    # ranked occurrence (reversed, so not verbatim) must put that document first.
+    last = sp.docs[-1]
+    around = (last.before.split() + last.after.split())[-40:]
+    res2 = trace_text(index, PLANT + " " + " ".join(reversed(around)))
+    sp2 = next(s for s in res2.spans if s.text == PLANT)
+    assert sp2.docs[0].doc_id == last.doc_id and sp2.docs[0].score > sp2.docs[1].score
 
 
 def test_candidate_spans_are_maximal_and_bounded(corpus, index):

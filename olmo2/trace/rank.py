@@ -11,8 +11,10 @@
 4. keep the ceil(0.05·L) most distinctive (lowest unigram log-probability under the corpus
    unigram counts, L = output tokens), reported in output order;
 5. for each span, its occurrences -> documents with +-250 tokens of context (clipped to the
-   document, EOS excluded); all retrieved contexts are ranked by BM25 (`rank_bm25.BM25Okapi`,
+   document, EOS excluded); all retrieved contexts are ranked by BM25 (`rank_bm25.BM25Plus`,
    lowercased word tokens) against the whole output, and each span keeps its 10 best.
+   BM25+ rather than Okapi: Okapi's idf turns negative for a term in over half the documents,
+   which with the handful of contexts of one trace is most terms (scores came out < 0).
 
 A word start is a token whose first character begins a word: position 0, or the character
 before it and its first character are not both alphanumeric (byte-level BPE puts the space
@@ -171,13 +173,13 @@ def _docs_for(index: TraceIndex, ids: np.ndarray, s: int, e: int, context: int,
 
 
 def _bm25(contexts: list[str], output: str) -> list[float]:
-    from rank_bm25 import BM25Okapi
+    from rank_bm25 import BM25Plus
 
     docs = [_WORD.findall(c.lower()) or [""] for c in contexts]
     q = _WORD.findall(output.lower())
     if not docs or not q:
         return [0.0] * len(docs)
-    return [float(x) for x in BM25Okapi(docs).get_scores(q)]
+    return [float(x) for x in BM25Plus(docs).get_scores(q)]
 
 
 def trace_text(index: TraceIndex, text: str, *, max_count: int = DEFAULT_MAX_COUNT,
