@@ -351,7 +351,7 @@ def test_cli_index_and_query(corpus, tmp_path, capsys):
     assert [s["text"] for s in res["spans"]] == [PLANT]
     assert main(["trace", "query", "--index", str(tmp_path / "i"), "--text", PLANT]) == 0
     out = capsys.readouterr().out
-    assert "[[" + PLANT + "]]" in out and "licence" in out and "shard f0000" in out
+    assert "[[" + PLANT + "]]" in out and "licence" in out and "shard data/f0000" in out
     assert main(["trace", "query", "--index", str(tmp_path / "nope"), "--text", "x"]) == 2
     assert "error:" in capsys.readouterr().err
 

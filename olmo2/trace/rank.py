@@ -27,6 +27,7 @@ and the window is what the user reads.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -46,7 +47,8 @@ _WORD = re.compile(r"\w+")
 class TraceDoc:
     """One corpus occurrence of a span, with where it lives and its context."""
 
-    shard: str
+    shard: str           # <data dir name>/<shard name>: shards of two dirs share names
+    shard_path: str
     offset: int          # token offset of the span inside the shard
     doc_index: int       # document number inside the shard
     doc_id: str
@@ -167,7 +169,8 @@ def _docs_for(index: TraceIndex, ids: np.ndarray, s: int, e: int, context: int,
         match = _decode(tok, sh.tokens[pos:pos + (e - s)])
         after = _decode(tok, sh.tokens[pos + (e - s):b])
         src, doc_id, lic = sh.doc_info(d)
-        out.append((TraceDoc(sh.name, pos, d, doc_id, src, lic, 0.0, before, match, after),
+        label = f"{os.path.basename(os.path.dirname(sh.path))}/{sh.name}"
+        out.append((TraceDoc(label, sh.path, pos, d, doc_id, src, lic, 0.0, before, match, after),
                     before + match + after))
     return out
 
