@@ -26,6 +26,12 @@ REGISTRY_ONLY_REASONS = (
     "could not import 'zstandard'",
     "could not import 'pyarrow'",
     "could not import 'matplotlib'",
+    "could not import 'fastapi'",
+    "could not import 'xgrammar'",
+    "could not import 'openai'",
+    "could not import 'httpx'",
+    "could not import 'jsonschema'",
+    "could not import 'selenium.webdriver'",
 )
 
 
