@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -98,3 +100,21 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# ---- fixtures shared by the serve test modules (import them by name) ----------------------
+@pytest.fixture(scope="session")
+def serve_ckpt(tmp_path_factory, dolma2_tokenizer_path) -> Path:
+    """One tiny dolma2 checkpoint for every serve test (named "tiny": the served model id)."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", dolma2_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def serve_server(serve_ckpt):
+    """A default server (batch 8, 64 KiB body limit) shared by the API and bad-input tests."""
+    from olmo2.serve.app import ServeConfig, create_app
+    from olmo2.serve.engine import EngineConfig
+    app = create_app(ServeConfig(model=str(serve_ckpt), max_body_bytes=64 * 1024,
+                                 engine=EngineConfig(max_batch=8)), load_in_background=False)
+    with LiveServer(app) as srv:
+        yield srv

@@ -14,66 +14,52 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
-from olmo2.serve.app import ServeConfig, create_app
-from olmo2.serve.engine import EngineConfig
-from serve_fixtures import LiveServer, make_tiny_checkpoint
+from serve_fixtures import serve_ckpt, serve_server  # noqa: F401 (fixtures)
 
 MSGS = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, dolma2_tokenizer_path):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", dolma2_tokenizer_path)
+def client(serve_server):
+    return openai.OpenAI(base_url=serve_server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def server(ckpt):
-    app = create_app(ServeConfig(model=str(ckpt), engine=EngineConfig(max_batch=8)), load_in_background=False)
-    with LiveServer(app) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def olmo2_generate(capsys, ckpt, prompt: str, n: int, chat: bool = False) -> str:
+def olmo2_generate(capsys, serve_ckpt, prompt: str, n: int, chat: bool = False) -> str:
     from olmo2.cli import main
     capsys.readouterr()
-    argv = ["generate", "--model", str(ckpt), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", str(n)]
+    argv = ["generate", "--model", str(serve_ckpt), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", str(n)]
     assert main(argv + (["--chat"] if chat else [])) == 0
     out = capsys.readouterr().out
     assert out.endswith("\n")
     return out[:-1]
 
 
-def test_models_health_metrics(server, client):
+def test_models_health_metrics(serve_server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    assert httpx.get(server.url + "/health").json() == {"status": "ok", "model": "tiny"}
-    text = httpx.get(server.url + "/metrics").text
+    assert httpx.get(serve_server.url + "/health").json() == {"status": "ok", "model": "tiny"}
+    text = httpx.get(serve_server.url + "/metrics").text
     for name in ("olmo2_requests_total", "olmo2_generation_tokens_per_second", "olmo2_queue_depth",
                  "olmo2_batch_size", "olmo2_kv_blocks_free"):
         assert f"# TYPE {name} " in text
-    schema = httpx.get(server.url + "/openapi.json").json()
+    schema = httpx.get(serve_server.url + "/openapi.json").json()
     assert "/v1/chat/completions" in schema["paths"]
 
 
-def test_chat_greedy_equals_olmo2_generate(client, ckpt, capsys):
+def test_chat_greedy_equals_olmo2_generate(client, serve_ckpt, capsys):
     user = [{"role": "user", "content": "Hi there"}]
     r = client.chat.completions.create(model="tiny", messages=user, temperature=0, max_tokens=16)
-    assert r.choices[0].message.content == olmo2_generate(capsys, ckpt, "Hi there", 16, chat=True)
+    assert r.choices[0].message.content == olmo2_generate(capsys, serve_ckpt, "Hi there", 16, chat=True)
     assert r.choices[0].message.role == "assistant"
     assert r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length"
 
 
-def test_completion_greedy_equals_olmo2_generate(client, ckpt, capsys):
+def test_completion_greedy_equals_olmo2_generate(client, serve_ckpt, capsys):
     r = client.completions.create(model="tiny", prompt="The king said", temperature=0, max_tokens=12)
-    assert r.choices[0].text == olmo2_generate(capsys, ckpt, "The king said", 12)
+    assert r.choices[0].text == olmo2_generate(capsys, serve_ckpt, "The king said", 12)
     assert r.usage.prompt_tokens == 3 and r.usage.total_tokens == 15
 
 
-def test_streamed_equals_non_streamed_and_ends_with_done(server, client):
+def test_streamed_equals_non_streamed_and_ends_with_done(serve_server, client):
     kw = dict(model="tiny", messages=MSGS, temperature=0, max_tokens=20)
     whole = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
@@ -84,7 +70,7 @@ def test_streamed_equals_non_streamed_and_ends_with_done(server, client):
     ctext = client.completions.create(model="tiny", prompt="Once upon", temperature=0, max_tokens=15).choices[0].text
     streamed = client.completions.create(model="tiny", prompt="Once upon", temperature=0, max_tokens=15, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == ctext
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={**kw, "stream": True}) as resp:
+    with httpx.stream("POST", serve_server.url + "/v1/chat/completions", json={**kw, "stream": True}) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line]
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
@@ -122,16 +108,16 @@ def test_chat_logprobs(client):
         assert t.logprob <= 0
 
 
-def test_completion_echo_prompt_logprobs_match_the_model(client, ckpt):
+def test_completion_echo_prompt_logprobs_match_the_model(client, serve_ckpt):
     from olmo2.checkpoint import load_model
     from olmo2.tokenizer import Tokenizer
     prompt = "The quick brown fox"
     r = client.completions.create(model="tiny", prompt=prompt, temperature=0, max_tokens=3, echo=True, logprobs=2)
     lp = r.choices[0].logprobs
-    tok = Tokenizer.from_pretrained(ckpt)
+    tok = Tokenizer.from_pretrained(serve_ckpt)
     ids = tok.encode(prompt)
     assert r.choices[0].text.startswith(prompt) and len(lp.tokens) == len(ids) + 3
-    model = load_model(ckpt)
+    model = load_model(serve_ckpt)
     with torch.no_grad():
         ref = torch.log_softmax(model(torch.tensor([ids]))[0].float(), -1)
     expect = [None] + [float(ref[i, ids[i + 1]]) for i in range(len(ids) - 1)]
@@ -169,9 +155,9 @@ def test_json_schema_mode_validates(client):
     jsonschema.validate(json.loads("".join(c.choices[0].delta.content or "" for c in chunks if c.choices)), SCHEMA)
 
 
-def test_tokenize_detokenize(server):
-    r = httpx.post(server.url + "/tokenize", json={"prompt": "Hello, world"}).json()
+def test_tokenize_detokenize(serve_server):
+    r = httpx.post(serve_server.url + "/tokenize", json={"prompt": "Hello, world"}).json()
     assert r["count"] == len(r["tokens"]) > 0
-    assert httpx.post(server.url + "/detokenize", json={"tokens": r["tokens"]}).json()["prompt"] == "Hello, world"
-    chat = httpx.post(server.url + "/tokenize", json={"messages": MSGS}).json()
+    assert httpx.post(serve_server.url + "/detokenize", json={"tokens": r["tokens"]}).json()["prompt"] == "Hello, world"
+    chat = httpx.post(serve_server.url + "/tokenize", json={"messages": MSGS}).json()
     assert chat["count"] > r["count"]

@@ -14,21 +14,9 @@ openai = pytest.importorskip("openai")
 
 from olmo2.serve.app import ServeConfig, State, create_app
 from olmo2.serve.engine import EngineConfig
-from serve_fixtures import LiveServer, make_tiny_checkpoint
+from serve_fixtures import LiveServer, serve_ckpt, serve_server  # noqa: F401 (fixtures)
 
 OK_CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, dolma2_tokenizer_path):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", dolma2_tokenizer_path)
-
-
-@pytest.fixture(scope="module")
-def server(ckpt):
-    app = create_app(ServeConfig(model=str(ckpt), max_body_bytes=64 * 1024), load_in_background=False)
-    with LiveServer(app) as srv:
-        yield srv
 
 
 def check_error(r: httpx.Response, status: int) -> dict:
@@ -66,47 +54,47 @@ CHAT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(CHAT_CASES))
-def test_bad_chat_bodies_are_400(server, case):
-    err = check_error(httpx.post(server.url + "/v1/chat/completions", json=CHAT_CASES[case]), 400)
+def test_bad_chat_bodies_are_400(serve_server, case):
+    err = check_error(httpx.post(serve_server.url + "/v1/chat/completions", json=CHAT_CASES[case]), 400)
     assert err["type"] == "invalid_request_error"
 
 
-def test_raw_bodies_and_routes(server):
-    url = server.url + "/v1/chat/completions"
+def test_raw_bodies_and_routes(serve_server):
+    url = serve_server.url + "/v1/chat/completions"
     check_error(httpx.post(url, content=b'{"model": "tiny", "messages": [', headers={"content-type": "application/json"}), 400)
     check_error(httpx.post(url, content=b'{"model": "tiny\xff\xfe", "messages": []}',
                            headers={"content-type": "application/json"}), 400)   # invalid UTF-8
     check_error(httpx.post(url, content=b"", headers={"content-type": "application/json"}), 400)
     check_error(httpx.post(url, json={**OK_CHAT, "model": "gpt-4"}), 404)
-    check_error(httpx.get(server.url + "/v1/nothing-here"), 404)
+    check_error(httpx.get(serve_server.url + "/v1/nothing-here"), 404)
     check_error(httpx.get(url), 405)
-    check_error(httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": [10**9]}), 400)
-    check_error(httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": ""}), 400)
-    check_error(httpx.post(server.url + "/detokenize", json={"tokens": [10**9]}), 400)
-    check_error(httpx.post(server.url + "/tokenize", json={}), 400)
+    check_error(httpx.post(serve_server.url + "/v1/completions", json={"model": "tiny", "prompt": [10**9]}), 400)
+    check_error(httpx.post(serve_server.url + "/v1/completions", json={"model": "tiny", "prompt": ""}), 400)
+    check_error(httpx.post(serve_server.url + "/detokenize", json={"tokens": [10**9]}), 400)
+    check_error(httpx.post(serve_server.url + "/tokenize", json={}), 400)
 
 
-def test_oversized_bodies_are_413(server):
+def test_oversized_bodies_are_413(serve_server):
     big = {**OK_CHAT, "messages": [{"role": "user", "content": "x" * 100_000}]}
-    err = check_error(httpx.post(server.url + "/v1/chat/completions", json=big), 413)
+    err = check_error(httpx.post(serve_server.url + "/v1/chat/completions", json=big), 413)
     assert err["code"] == "body_too_large"
 
     def chunks():  # no Content-Length: the limit must hold for a chunked upload too
         for _ in range(100):
             yield b"x" * 1024
-    check_error(httpx.post(server.url + "/v1/chat/completions", content=chunks(),
+    check_error(httpx.post(serve_server.url + "/v1/chat/completions", content=chunks(),
                            headers={"content-type": "application/json"}), 413)
 
 
-def test_server_still_serves_after_bad_input(server):
-    r = httpx.post(server.url + "/v1/chat/completions", json=OK_CHAT)
+def test_server_still_serves_after_bad_input(serve_server):
+    r = httpx.post(serve_server.url + "/v1/chat/completions", json=OK_CHAT)
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop")
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    assert 'olmo2_http_errors_total{status="400"}' in httpx.get(server.url + "/metrics").text
+    assert httpx.get(serve_server.url + "/health").json()["status"] == "ok"
+    assert 'olmo2_http_errors_total{status="400"}' in httpx.get(serve_server.url + "/metrics").text
 
 
-def test_api_key(ckpt):
-    app = create_app(ServeConfig(model=str(ckpt), api_key="s3cret"), load_in_background=False)
+def test_api_key(serve_ckpt):
+    app = create_app(ServeConfig(model=str(serve_ckpt), api_key="s3cret"), load_in_background=False)
     with LiveServer(app) as srv:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             err = check_error(httpx.post(srv.url + "/v1/chat/completions", json=OK_CHAT, headers=headers), 401)
@@ -120,7 +108,7 @@ def test_api_key(ckpt):
         assert good.chat.completions.create(**OK_CHAT).choices[0].message.role == "assistant"
 
 
-def test_503_while_loading(ckpt, monkeypatch):
+def test_503_while_loading(serve_ckpt, monkeypatch):
     release = threading.Event()
     real_load = State.load
 
@@ -128,7 +116,7 @@ def test_503_while_loading(ckpt, monkeypatch):
         release.wait(30)
         real_load(self)
     monkeypatch.setattr(State, "load", slow_load)
-    app = create_app(ServeConfig(model=str(ckpt)))    # loads in the background
+    app = create_app(ServeConfig(model=str(serve_ckpt)))    # loads in the background
     with LiveServer(app) as srv:
         assert httpx.get(srv.url + "/health").json()["status"] == "loading"
         err = check_error(httpx.post(srv.url + "/v1/chat/completions", json=OK_CHAT), 503)
@@ -141,8 +129,8 @@ def test_503_while_loading(ckpt, monkeypatch):
         assert httpx.post(srv.url + "/v1/chat/completions", json=OK_CHAT).status_code == 200
 
 
-def test_queue_full_is_429(ckpt):
-    app = create_app(ServeConfig(model=str(ckpt), engine=EngineConfig(max_batch=1, max_queue=1)),
+def test_queue_full_is_429(serve_ckpt):
+    app = create_app(ServeConfig(model=str(serve_ckpt), engine=EngineConfig(max_batch=1, max_queue=1)),
                      load_in_background=False)
     engine = app.state.olmo2.engine
     with LiveServer(app) as srv:

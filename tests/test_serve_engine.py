@@ -14,21 +14,20 @@ from olmo2.infer.sampling import SamplingParams
 from olmo2.serve.engine import Engine, EngineConfig, GenRequest, QueueFull
 from olmo2.serve.kvblocks import BlockPool
 from olmo2.tokenizer import Tokenizer
-from serve_fixtures import make_tiny_checkpoint
+from serve_fixtures import serve_ckpt  # noqa: F401 (fixture)
 
 PROMPTS = ["The king said", "Hello there my friend, how are", "a",
            "Once upon a time in a land far away there lived a", "1 + 1 ="]
 
 
 @pytest.fixture(scope="module")
-def mt(tmp_path_factory, dolma2_tokenizer_path):
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "m", dolma2_tokenizer_path)
-    model = load_model(ckpt).eval()
+def mt(serve_ckpt):
+    model = load_model(serve_ckpt).eval()
     with torch.no_grad():  # scale up so greedy continuations vary instead of repeating a token
         for name, p in model.named_parameters():
             if "norm" not in name:
                 p.mul_(3.0)
-    return model, Tokenizer.from_pretrained(ckpt)
+    return model, Tokenizer.from_pretrained(serve_ckpt)
 
 
 def tokens_of(handle) -> list[int]:
@@ -75,11 +74,13 @@ def test_batched_equals_alone_and_generate(mt):
         assert [tokens_of(alone.submit(r)) for r in reqs] == refs
     finally:
         alone.shutdown()
-    eng = Engine(model, tok, EngineConfig(max_batch=8, block_size=4)).start()
+    eng = Engine(model, tok, EngineConfig(max_batch=8, block_size=4))
+    handles = [eng.submit(r) for r in reqs]   # all waiting before the first step
+    eng.start()
     try:
-        handles = [eng.submit(r) for r in reqs]
         assert [tokens_of(h) for h in handles] == refs
-        assert eng.stats["batched_rows"] > eng.stats["steps"]  # rows really shared forwards
+        assert eng.stats["prefill_forwards"] == 1                # one right-padded prefill for all five
+        assert eng.stats["batched_rows"] > eng.stats["steps"]  # rows really shared decode forwards
         assert eng.pool.free_blocks == eng.pool.n_blocks       # everything given back
     finally:
         eng.shutdown()

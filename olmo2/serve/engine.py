@@ -8,9 +8,10 @@
     # from asyncio: `handle = engine.submit(req, loop)` then `await handle.queue.get()`
 
 The loop (`_run`, in its own thread so model compute never blocks the event loop):
-admit waiting requests (each gets a prefill forward of its prompt into fresh KV blocks and
-samples its first token) while the batch has room and the block pool can hold the new
-request's worst case (prompt + max_tokens); then ONE decode forward for every running
+admit waiting requests while the batch has room and the block pool can hold each new
+request's worst case (prompt + max_tokens) — all admitted prompts are prefilled in ONE
+right-padded forward into fresh KV blocks (the lm_head runs only on each prompt's last
+token), and each samples its first token; then ONE decode forward for every running
 request, each at its own position (`kvblocks.BlockPool.bind`), then per-row sampling,
 detokenization and stop checks. A request that finishes or is cancelled leaves the batch
 before the next step and its blocks go back to the pool, so a new request joins at the
@@ -46,6 +47,10 @@ import torch
 from olmo2.infer.sampling import SamplingParams, process_logits
 from olmo2.infer.stream import IncrementalDecoder, StopStringHolder
 from olmo2.serve.kvblocks import BlockPool
+
+
+PREFILL_TOKENS = 8192
+"""Most (padded) prompt tokens prefilled in one forward; more requests wait a step."""
 
 
 class QueueFull(Exception):
@@ -253,37 +258,59 @@ class Engine:
             self._finish(row, "cancelled")
 
     def _admit(self) -> None:
-        while len(self._rows) < self.cfg.max_batch:
-            with self._cv:
-                if not self._waiting:
-                    return
+        """Move waiting requests into the batch, prefilling them together (one forward)."""
+        group: list[tuple[Handle, int]] = []
+        with self._cv:
+            while self._waiting and len(self._rows) + len(group) < self.cfg.max_batch:
                 h = self._waiting[0]
-                need = self.pool.blocks_for(len(h.req.prompt_ids) + h.req.max_tokens)
+                T = len(h.req.prompt_ids)
+                need = self.pool.blocks_for(T + h.req.max_tokens)
                 if self._reserved + need > self.pool.n_blocks:
-                    return  # wait for a running request to give its blocks back
+                    break  # wait for a running request to give its blocks back
+                longest = max([T] + [len(g.req.prompt_ids) for g, _ in group])
+                if group and (len(group) + 1) * longest > PREFILL_TOKENS:
+                    break  # the rest joins at the next step
                 self._waiting.popleft()
                 self._reserved += need
-            self._prefill(h, need)
+                group.append((h, need))
+        # Prompt log-probs need logits at every position: those requests prefill alone.
+        for h, need in [g for g in group if g[0].req.prompt_logprobs]:
+            self._prefill([(h, need)], full_logits=True)
+        rest = [g for g in group if not g[0].req.prompt_logprobs]
+        if rest:
+            self._prefill(rest)
 
-    def _prefill(self, h: Handle, reserved: int) -> None:
-        req = h.req
-        T = len(req.prompt_ids)
-        blocks = self.pool.alloc(self.pool.blocks_for(T + 1))
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        row = _Row(h, blocks, reserved, 0, -1, gen, IncrementalDecoder(self.tok), StopStringHolder(req.stop))
-        self._rows.append(row)
-        ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
-        view = self.pool.bind([blocks], [0], [T])
-        logits = self.model(ids, positions=view.positions, cache=view, attn_mask=view.mask,
-                            last_only=not req.prompt_logprobs)
-        row.length = T
-        first = Event(prompt_tokens=T)
-        if req.prompt_logprobs:
-            lp = torch.log_softmax(logits[0, :-1].float(), dim=-1)
-            first.prompt_logprobs = [None] + lp.gather(1, ids[0, 1:, None])[:, 0].tolist()
-        self.stats["prompt_tokens"] += T
-        self._emit(row, logits[:, -1][0], first)
+    def _prefill(self, group: list[tuple[Handle, int]], full_logits: bool = False) -> None:
+        """One forward over the prompts of `group` (right-padded), then each samples a token."""
+        rows, prompts = [], [h.req.prompt_ids for h, _ in group]
+        for h, reserved in group:
+            req = h.req
+            blocks = self.pool.alloc(self.pool.blocks_for(len(req.prompt_ids) + 1))
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            rows.append(_Row(h, blocks, reserved, 0, -1, gen, IncrementalDecoder(self.tok), StopStringHolder(req.stop)))
+        self._rows += rows
+        lens = [len(p) for p in prompts]
+        ids = torch.zeros(len(prompts), max(lens), dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = torch.tensor(p, dtype=torch.long)
+        view = self.pool.bind([r.blocks for r in rows], [0] * len(rows), lens)
+        hidden = self.model.model(ids, view.positions, view, view.mask)          # [B, T, D]
+        if full_logits:
+            all_logits = self.model.lm_head(hidden)                              # B == 1 here
+            last = all_logits[:, lens[0] - 1]
+        else:  # the lm_head only where a next token is sampled: each row's last prompt token
+            last = self.model.lm_head(hidden[torch.arange(len(rows)), torch.tensor(lens) - 1])
+        for i, (row, T) in enumerate(zip(rows, lens)):
+            row.length = T
+            first = Event(prompt_tokens=T)
+            if full_logits:
+                lp = torch.log_softmax(all_logits[0, :T - 1].float(), dim=-1)
+                first.prompt_logprobs = [None] + lp.gather(1, ids[0, 1:T, None])[:, 0].tolist()
+            self.stats["prompt_tokens"] += T
+            self.stats["prefills"] += 1
+            self._emit(row, last[i], first)
+        self.stats["prefill_forwards"] += 1
 
     def _step(self) -> None:
         rows = self._rows
