@@ -66,7 +66,7 @@ def test_block_cache_matches_kvcache(mt, int8):
 
 def test_batched_equals_alone_and_generate(mt):
     model, tok = mt
-    lens = [12, 20, 7, 16, 9]
+    lens = [8, 14, 5, 11, 6]
     reqs = [GenRequest(tok.encode(p), n) for p, n in zip(PROMPTS, lens)]
     refs = [reference(model, r.prompt_ids, r.max_tokens) for r in reqs]
     alone = Engine(model, tok, EngineConfig(max_batch=1, block_size=4)).start()
