@@ -46,11 +46,14 @@ _RUN_MARKERS = re.compile(r"^(recipe\.json|metrics\.jsonl|step-\d{6,}(\.tmp)?)$"
 # Entries that mark a token-shard directory (olmo2 data tokenize).
 _SHARD_MARKERS = re.compile(r"^(metadata(\.part-\d+-of-\d+)?\.json|f\d{5}(-\d{5})?\..*json|"
                             r"\.olmo2-tokenize\..*)$")
+# Entries that mark an `olmo2 trace index` directory.
+_TRACE_MARKERS = re.compile(r"^(index\.json|shards)$")
 # Entries that mark an `olmo2 replicate` directory.
 _REPLICATE_MARKERS = re.compile(r"^(data|stage1|stage2-seed\d+|soup|report\.md|results\.json)$")
 
 KINDS = {"hf": "an HF checkpoint", "demo": "a demo corpus", "run": "a training run directory",
-         "shards": "a token-shard directory", "replicate": "an olmo2 replicate directory"}
+         "shards": "a token-shard directory", "replicate": "an olmo2 replicate directory",
+         "trace": "an olmo2 trace index"}
 
 
 def _entries(d: Path) -> list[str]:
@@ -70,7 +73,8 @@ def _is_ours(d: Path, kind: str) -> bool:
         return is_hf_checkpoint(d)
     if kind == "demo":
         return all(_DEMO_FILES.match(n) for n in names)
-    marker = {"run": _RUN_MARKERS, "shards": _SHARD_MARKERS, "replicate": _REPLICATE_MARKERS}[kind]
+    marker = {"run": _RUN_MARKERS, "shards": _SHARD_MARKERS, "replicate": _REPLICATE_MARKERS,
+              "trace": _TRACE_MARKERS}[kind]
     return any(marker.match(n) for n in names)
 
 

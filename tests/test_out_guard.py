@@ -67,13 +67,14 @@ def verbs(w: Path) -> dict:
         "train": lambda o: ["train", "--recipe", "tiny_stage1", "--set", "train.max_steps=1", "--out", o],
         "replicate": lambda o: ["replicate", "--quick", "--out", o],
         "tokenize": lambda o: ["data", "tokenize", w / "in.jsonl", "--tokenizer", w / "tok.json", "--out", o],
+        "trace": lambda o: ["trace", "index", w / "run", "--out", o],
     }
 
 
 FORCE_VERBS = ("init", "soup", "export")
 
 
-@pytest.mark.parametrize("verb", ["init", "soup", "export", "train", "replicate", "tokenize"])
+@pytest.mark.parametrize("verb", ["init", "soup", "export", "train", "replicate", "tokenize", "trace"])
 @pytest.mark.parametrize("force", [False, True])
 def test_foreign_nonempty_out_is_refused(world, tmp_path, capsys, verb, force):
     if force and verb not in FORCE_VERBS:
@@ -90,7 +91,7 @@ def test_foreign_nonempty_out_is_refused(world, tmp_path, capsys, verb, force):
 
 @pytest.mark.parametrize("case", ["export RUN --out RUN", "export STEP --out RUN", "export STEP --out STEP/hf",
                                   "soup A B --out A", "soup A B --out A/x", "soup A B --out PARENT",
-                                  "tokenize --out INPUT_DIR", "train --out DATA"])
+                                  "tokenize --out INPUT_DIR", "train --out DATA", "trace index --out DATA"])
 def test_out_overlapping_an_input_is_refused(world, tmp_path, capsys, case):
     step = world / "run" / "step-000002"
     w = world
@@ -103,6 +104,7 @@ def test_out_overlapping_an_input_is_refused(world, tmp_path, capsys, case):
         "soup A B --out PARENT": ["soup", w / "a", w / "b", "--out", w, "--force"],
         "tokenize --out INPUT_DIR": ["data", "tokenize", w / "in.jsonl", "--tokenizer", w / "tok.json", "--out", w],
         "train --out DATA": ["train", "--recipe", "tiny_stage1", "--data", w / "run", "--out", w / "run"],
+        "trace index --out DATA": ["trace", "index", w / "run", "--out", w / "run" / "index"],
     }[case]
     before = snapshot(world)
     assert main([str(a) for a in argv]) == 2

@@ -79,8 +79,10 @@ def trace_and_print(index_path: str, text: str, *, max_count: int = 10, max_docs
 
 def run_index(args) -> int:
     """`olmo2 trace index`."""
+    from olmo2.outdir import check_out
     from olmo2.trace.index import build_index
 
+    check_out(args.out, "trace", inputs=args.data_dirs)
     build_index(args.data_dirs, args.out, num_parts=args.num_parts, part_index=args.part_index,
                 progress=not args.quiet)
     return 0
