@@ -28,6 +28,7 @@ import torch
 from olmo2.config import ModelConfig
 from olmo2.errors import CheckpointError
 from olmo2.fsio import atomic_dir
+from olmo2.memory import check_model_memory
 from olmo2.model import Olmo2
 
 SAFE_NAME = "model.safetensors"
@@ -87,8 +88,12 @@ def _weight_files(d: Path) -> list[Path]:
     if (d / INDEX_NAME).exists():
         try:
             index = json.loads((d / INDEX_NAME).read_text())
+            if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+                raise ValueError('expected {"weight_map": {tensor: file, ...}}')
             files = sorted(set(index["weight_map"].values()), key=str)
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+            if not all(isinstance(f, str) and f for f in files):
+                raise ValueError("weight_map values must be file names")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, KeyError, AttributeError, TypeError) as e:
             raise CheckpointError(f"{d / INDEX_NAME}: malformed index ({e}); re-save the checkpoint") from None
         files = [_inside(d, f).name for f in files]
         missing = [f for f in files if not (d / f).exists()]
@@ -198,6 +203,7 @@ def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.f
     dtype = parse_dtype(dtype)
     d = resolve(path_or_id)
     cfg = ModelConfig.from_json_file(d / "config.json")
+    check_model_memory(cfg, (dtype or torch.float32).itemsize, str(d / "config.json"))
     with torch.device("meta"):
         model = Olmo2(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}

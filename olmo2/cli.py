@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here rather than at interpreter exit
         return int(rc or 0)
+    except BrokenPipeError:  # `olmo2 generate ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return 0
     except Olmo2Error as e:
         if debug:
             traceback.print_exc()
@@ -71,15 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # unreadable input, unwritable output, disk full: the user's to fix
         if debug:
             traceback.print_exc()
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
 
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the file it concerns (when known), what happened, what to do."""
+    import errno
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    if e.errno == errno.ENOSPC:
+        return f"{where}no space left on device; free some space (or choose another --out) and rerun"
+    return f"{where}{e.strerror or e}"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,10 +15,60 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from olmo2.errors import ConfigError
+
+
+# Every field's type and range, checked before anything is allocated (a config.json with
+# `num_hidden_layers: 1e6` otherwise spends minutes building modules before failing, and
+# `rms_norm_eps: -1` silently gives NaN logits). Upper bounds are far above any published
+# model; `olmo2.memory` refuses shapes that are in range but do not fit in RAM.
+# field: (kind, low, high, optional, HF config.json key)
+FIELD_RANGES: dict[str, tuple] = {
+    "vocab_size": ("int", 1, 2**31 - 1, False, "vocab_size"),
+    "d_model": ("int", 1, 2**20, False, "hidden_size"),
+    "n_layers": ("int", 1, 1024, False, "num_hidden_layers"),
+    "n_heads": ("int", 1, 2**16, False, "num_attention_heads"),
+    "n_kv_heads": ("int", 1, 2**16, False, "num_key_value_heads"),
+    "d_ff": ("int", 1, 2**22, False, "intermediate_size"),
+    "max_seq_len": ("int", 1, 2**24, False, "max_position_embeddings"),
+    "rope_theta": ("float>", 0.0, float("inf"), False, "rope_theta"),
+    "norm_eps": ("float>", 0.0, 1.0, False, "rms_norm_eps"),
+    "init_std": ("float>=", 0.0, float("inf"), False, "initializer_range"),
+    "eos_token_id": ("int", 0, 2**31 - 1, True, "eos_token_id"),
+    "pad_token_id": ("int", 0, 2**31 - 1, True, "pad_token_id"),
+    "bos_token_id": ("int", 0, 2**31 - 1, True, "bos_token_id"),
+    "head_dim_override": ("int", 2, 2**16, True, "head_dim"),
+}
+
+
+def check_value(name: str, v, kind: str, lo, hi, optional: bool = False, *_ignored) -> str | None:
+    """None if `v` is a valid `kind` in [lo, hi]; else a phrase naming `name` and the rule."""
+    if v is None:
+        return None if optional else f"{name} is required"
+    if kind == "int":
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"{name} must be an integer (got {v!r})"
+        if not lo <= v <= hi:
+            return f"{name} must be in [{lo}, {hi:,}] (got {v:,})"
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return f"{name} must be a finite number (got {v!r})"
+    if (v <= lo if kind == "float>" else v < lo) or v > hi:
+        rel = ">" if kind == "float>" else ">="
+        top = "" if math.isinf(hi) else f" and <= {hi}"
+        return f"{name} must be {rel} {lo}{top} (got {v!r})"
+    return None
+
+
+def _json_int(v):
+    """JSON writes 1e6 as a float; accept integral floats as ints, leave the rest to check_value."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
 @dataclass(frozen=True)
@@ -53,16 +103,15 @@ class ModelConfig:
     """Only when an HF config sets `head_dim` != d_model / n_heads."""
 
     def __post_init__(self):
-        problems = []
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
-            if int(getattr(self, name)) <= 0:
-                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
-        if self.n_heads > 0 and self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads:
-            problems.append(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
-        if self.head_dim_override is None and self.n_heads > 0 and self.d_model % self.n_heads:
-            problems.append(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.head_dim % 2:
-            problems.append(f"head_dim ({self.head_dim}) must be even for RoPE")
+        problems = [p for name, spec in FIELD_RANGES.items()
+                    if (p := check_value(name, getattr(self, name), *spec))]
+        if not problems:
+            if self.n_heads % self.n_kv_heads:
+                problems.append(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+            if self.head_dim_override is None and self.d_model % self.n_heads:
+                problems.append(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            elif self.head_dim % 2 or self.head_dim <= 0:
+                problems.append(f"head_dim ({self.head_dim}) must be even and > 0 for RoPE")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 
@@ -120,15 +169,19 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
-        """Build from an HF config dict; unknown model types and missing keys are errors."""
+        """Build from an HF config dict; unknown model types, missing keys and any value of
+        the wrong type or range are ConfigErrors naming the key, before anything is built."""
         mt = d.get("model_type")
         if mt != "olmo2":
             raise ConfigError(f"{source}: model_type is {mt!r}, expected 'olmo2' (this package loads OLMo 2 checkpoints only)")
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
             if key not in d:
                 raise ConfigError(f"{source}: missing required key {key!r}")
+        for key in ("rope_parameters", "rope_scaling"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise ConfigError(f"{source}: {key} must be an object like {{\"rope_type\": \"default\", "
+                                  f"\"rope_theta\": 500000.0}} or null (got {d[key]!r})")
         rp = d.get("rope_parameters") or {}
-        theta = rp.get("rope_theta", d.get("rope_theta", 500000.0))
         scaling = d.get("rope_scaling") or {}
         rtype = scaling.get("rope_type", scaling.get("type")) or rp.get("rope_type", "default")
         if rtype not in ("default", None):
@@ -139,37 +192,45 @@ class ModelConfig:
             raise ConfigError(f"{source}: tie_word_embeddings=true is not part of OLMo 2 (embeddings are untied)")
         if d.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"{source}: hidden_act {d.get('hidden_act')!r} is not supported (OLMo 2 uses silu)")
-        n_heads = int(d["num_attention_heads"])
-        hd = d.get("head_dim")
-        head_dim_override = None
-        if hd is not None and int(hd) != int(d["hidden_size"]) // n_heads:
-            head_dim_override = int(hd)
 
         def _id(name, default):
             v = d.get(name, default)
             if isinstance(v, list):  # HF allows a list of eos ids; the first is the canonical one
                 v = v[0] if v else None
-            return None if v is None else int(v)
+            return _json_int(v)
 
+        kv = d.get("num_key_value_heads")
+        v = {
+            "vocab_size": _json_int(d["vocab_size"]),
+            "d_model": _json_int(d["hidden_size"]),
+            "n_layers": _json_int(d["num_hidden_layers"]),
+            "n_heads": _json_int(d["num_attention_heads"]),
+            # absent/null means MHA; 0 is not "absent" but a broken value, refused below
+            "n_kv_heads": _json_int(d["num_attention_heads"] if kv is None else kv),
+            "d_ff": _json_int(d["intermediate_size"]),
+            "max_seq_len": _json_int(d.get("max_position_embeddings", 4096)),
+            "rope_theta": rp.get("rope_theta", d.get("rope_theta", 500000.0)),
+            "norm_eps": d.get("rms_norm_eps", 1e-6),
+            "init_std": d.get("initializer_range", 0.02),
+            "eos_token_id": _id("eos_token_id", 100257),
+            "pad_token_id": _id("pad_token_id", 100277),
+            "bos_token_id": _id("bos_token_id", None),
+            "head_dim_override": _json_int(d.get("head_dim")),
+        }
+        problems = [p for name, spec in FIELD_RANGES.items() if (p := check_value(spec[4], v[name], *spec))]
+        if not problems:
+            for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+                if v[name] is not None and v[name] >= v["vocab_size"]:
+                    problems.append(f"{name} {v[name]} is outside the vocabulary (vocab_size {v['vocab_size']})")
+        if problems:
+            raise ConfigError(f"{source}: " + "; ".join(problems) + "; fix config.json or re-save the checkpoint")
+        if v["head_dim_override"] is not None and v["head_dim_override"] == v["d_model"] // v["n_heads"]:
+            v["head_dim_override"] = None
+        v["rope_theta"], v["norm_eps"], v["init_std"] = float(v["rope_theta"]), float(v["norm_eps"]), float(v["init_std"])
         try:
-            return cls(
-                vocab_size=int(d["vocab_size"]),
-                d_model=int(d["hidden_size"]),
-                n_layers=int(d["num_hidden_layers"]),
-                n_heads=n_heads,
-                n_kv_heads=int(d.get("num_key_value_heads") or n_heads),
-                d_ff=int(d["intermediate_size"]),
-                max_seq_len=int(d.get("max_position_embeddings", 4096)),
-                rope_theta=float(theta),
-                norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-                init_std=float(d.get("initializer_range", 0.02)),
-                eos_token_id=_id("eos_token_id", 100257),
-                pad_token_id=_id("pad_token_id", 100277),
-                bos_token_id=_id("bos_token_id", None),
-                head_dim_override=head_dim_override,
-            )
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{source}: bad value ({e})") from None
+            return cls(**v)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ModelConfig":

@@ -59,13 +59,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _validate(args) -> None:
-    """Fail on bad flag values before spending time loading the model."""
+    """Fail on bad flag values (and text that is not UTF-8) before spending time loading the model."""
     from olmo2.infer.sampling import SamplingParams
+    from olmo2.textinput import arg_text
     SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty).validated()
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise GenerationError(f"--seed must be in [0, 2**64) (got {args.seed})")
     if any(not s for s in args.stop or []):
         raise GenerationError("--stop must be a non-empty string")
+    args.stop = [arg_text(s, "--stop") for s in args.stop] if args.stop else args.stop
+    for flag in ("prompt", "system"):
+        if getattr(args, flag, None) is not None:
+            setattr(args, flag, arg_text(getattr(args, flag), f"--{flag}"))
 
 
 def _load(args):
@@ -99,8 +106,9 @@ def run_generate(args) -> int:
     import torch
 
     from olmo2.infer.generate import GenerationStats, stream_generate
+    from olmo2.textinput import decode_utf8
     _validate(args)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = decode_utf8(sys.stdin.buffer.read(), "--prompt - (stdin)") if args.prompt == "-" else args.prompt
     if args.trace:  # a bad index fails before the model is loaded
         from olmo2.trace.store import open_index
         open_index(args.trace)
@@ -148,9 +156,11 @@ def run_chat(args) -> int:
     import torch
 
     from olmo2.infer.generate import stream_generate
+    from olmo2.textinput import InputTextError, decode_utf8
     _validate(args)
     model, tok = _load(args)
     add_bos = True if args.add_bos else None
+    _check_chat_room(tok, model, args.system, args.max_new_tokens, add_bos)
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     kw = _sampling_kwargs(args, tok)
     # A model that starts a new user turn by itself has finished its reply.
@@ -158,13 +168,20 @@ def run_chat(args) -> int:
     tty = sys.stdin.isatty()
     print(BANNER, file=sys.stderr, flush=True)
     history: list[dict] = []
+    lineno = 0
     try:
         while True:
             if tty:
                 print("user> ", end="", file=sys.stderr, flush=True)
-            line = sys.stdin.readline()
-            if not line:  # EOF
+            raw = sys.stdin.buffer.readline()  # bytes: a bad line is reported, not fatal
+            if not raw:  # EOF
                 break
+            lineno += 1
+            try:
+                line = decode_utf8(raw, f"stdin line {lineno}", one_line=True)
+            except InputTextError as e:
+                print(f"error: {e}; the line was skipped", file=sys.stderr, flush=True)
+                continue
             user = line.rstrip("\n").rstrip("\r")
             cmd = user.strip()
             if not cmd:
@@ -190,6 +207,19 @@ def run_chat(args) -> int:
                 _write(piece)
             _write("\n")
             history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(reply).strip()}]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: end the session like generate does (128 + SIGINT)
         _write("\n")
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
     return 0
+
+
+def _check_chat_room(tok, model, system, max_new, add_bos) -> None:
+    """Refuse at start a --max-new-tokens that leaves no room for even a one-word turn."""
+    ctx = model.config.max_seq_len
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "hi"}]
+    need = len(tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, add_bos=add_bos)))
+    if need + max_new > ctx:
+        raise GenerationError(
+            f"--max-new-tokens {max_new} leaves no room for a message: the model's context is {ctx} tokens and "
+            f"the chat template{' with --system' if system else ''} takes {need}; use at most {max(ctx - need, 0)}")

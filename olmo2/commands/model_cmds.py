@@ -76,6 +76,7 @@ def run_init(args) -> int:
 
     from olmo2.checkpoint import parse_dtype, save_model
     from olmo2.config import pad_vocab, preset
+    from olmo2.memory import check_model_memory
     from olmo2.model import Olmo2
     from olmo2.outdir import check_out
     from olmo2.tokenizer import Tokenizer
@@ -88,6 +89,7 @@ def run_init(args) -> int:
         cfg = cfg.replace(vocab_size=pad_vocab(tok.vocab_size), eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     if tok is not None:
         tok.check_fits(cfg.vocab_size, f"preset {args.preset}")
+    check_model_memory(cfg, 4, f"preset {args.preset}")  # built in fp32, then cast when saved
     torch.manual_seed(args.seed)
     model = Olmo2(cfg)
     model.reset_parameters(torch.Generator().manual_seed(args.seed))
@@ -149,13 +151,11 @@ def run_score(args) -> int:
     from olmo2.eval.bpb import score_text
     from olmo2.tokenizer import Tokenizer
 
+    from olmo2.textinput import arg_text, decode_utf8
     if args.file:
-        try:
-            text = Path(args.file).read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise Olmo2Error(f"{args.file}: not UTF-8 text") from None
+        text = decode_utf8(Path(args.file).read_bytes(), args.file)
     else:
-        text = args.text
+        text = arg_text(args.text, "--text")
     if not text:
         raise Olmo2Error("nothing to score: the text is empty")
     model = load_model(args.model, dtype=args.dtype)

@@ -118,8 +118,8 @@ def _make_generator(seed, generator, device) -> torch.Generator | None:
         return generator
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise GenerationError(f"seed must be an integer (got {seed!r})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise GenerationError(f"seed must be an integer in [0, 2**64) (got {seed!r})")
     return torch.Generator(device=device).manual_seed(seed)
 
 

@@ -86,10 +86,19 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Ten
     """Apply penalty → temperature → top-k → top-p to fp32 logits [B, V] (greedy: penalty only)."""
     if params.repetition_penalty not in (None, 1, 1.0) and seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+        # An extreme penalty (1e-45, 1e45) overflows to ±inf, and inf - inf is NaN in the
+        # softmax below; clamping keeps the order, which is all the penalty means.
+        big = torch.finfo(logits.dtype).max
+        logits = logits.clamp(-big, big)
     if params.greedy:
         return logits
     if params.temperature != 1:
-        logits = logits / params.temperature
+        scaled = logits / params.temperature
+        # A tiny temperature (1e-45) overflows the maximum to +inf and the softmax to NaN.
+        # Such rows are shifted by their max first (softmax-invariant), which sends the
+        # others to -inf instead; finite rows keep the plain division transformers does.
+        shifted = (logits - logits.amax(dim=-1, keepdim=True)) / params.temperature
+        logits = torch.where(torch.isfinite(scaled).all(dim=-1, keepdim=True), scaled, shifted)
     if params.top_k is not None:
         logits = apply_top_k(logits, params.top_k)
     if params.top_p is not None and params.top_p < 1:
