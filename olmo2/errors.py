@@ -25,3 +25,7 @@ class DataError(Olmo2Error):
 
 class GenerationError(Olmo2Error):
     """Invalid generation request: sampling values, prompt too long, bad stop list."""
+
+
+class DiskFullError(Olmo2Error):
+    """A write ran out of space (or quota); nothing half-written is left under the final name."""

@@ -30,7 +30,41 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from olmo2.errors import Olmo2Error
+from olmo2.errors import DiskFullError, Olmo2Error
+
+# Disk full as the OS says it and as safetensors' Rust writer words it
+# ("I/O error: No space left on device (os error 28)"), which is no OSError.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def write_error(e: BaseException, path: str | os.PathLike, name_any: bool = True) -> BaseException | None:
+    """A clearer exception for `e` raised while writing `path`, or None to keep `e`.
+
+    Disk full becomes a one-line DiskFullError naming `path`; with `name_any`, an OSError
+    that names no file (a plain `f.write` failing) gets `path` as its filename so the CLI
+    can say where. (The atomic helpers pass False: their block may also read inputs.)
+    """
+    if isinstance(e, (DiskFullError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    if isinstance(e, OSError) and e.errno in _FULL_ERRNOS or any(w in str(e) for w in _FULL_WORDS):
+        return DiskFullError(f"{path}: no space left on device while writing it; free some space "
+                             "(or write somewhere else) and rerun")
+    if name_any and isinstance(e, OSError) and not e.filename and e.errno is not None:
+        return OSError(e.errno, e.strerror, str(path))
+    return None
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike, name_any: bool = True) -> Iterator[None]:
+    """Re-raise write failures inside the block as `write_error(e, path, name_any)` (see there)."""
+    try:
+        yield
+    except BaseException as e:  # torch's DCP CheckpointException is a BaseException
+        better = write_error(e, path, name_any)
+        if better is None:
+            raise
+        raise better from e
 
 
 class LockedError(Olmo2Error):
@@ -104,10 +138,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)  # still under our lock: the fd closes after the rename
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+        better = write_error(e, path, name_any=False)
+        if better is None:
+            raise
+        raise better from e
 
 
 @contextlib.contextmanager
@@ -138,9 +175,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        better = write_error(e, path, name_any=False)
+        if better is None:
+            raise
+        raise better from e
     finally:
         os.close(lock_fd)
 

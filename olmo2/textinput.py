@@ -49,3 +49,14 @@ def arg_text(value: str | None, flag: str) -> str | None:
         raise InputTextError(f"{flag}: contains an unpaired surrogate at character {e.start + 1}; "
                              "pass valid Unicode text") from None
     return decode_utf8(raw, flag)
+
+
+def stdin_bytes(line: bool = False) -> bytes:
+    """All of stdin (or one line) as bytes, so bad UTF-8 can be reported instead of raising.
+    A text-only stdin (an io.StringIO in tests, an embedding app) is re-encoded losslessly."""
+    import sys
+    buf = getattr(sys.stdin, "buffer", None)
+    if buf is not None:
+        return buf.readline() if line else buf.read()
+    text = sys.stdin.readline() if line else sys.stdin.read()
+    return text.encode("utf-8", "surrogateescape")

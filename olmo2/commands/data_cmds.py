@@ -80,13 +80,15 @@ def _register_tokenize(sub: argparse._SubParsersAction) -> None:
 def run_tokenize(args: argparse.Namespace) -> int:
     """`olmo2 data tokenize`: tokenize the inputs into shards under --out."""
     from olmo2.data.tokenize import expand_inputs, tokenize
+    from olmo2.fsio import naming_write_errors
     from olmo2.outdir import check_out
 
     check_out(args.out, "shards", inputs=[*expand_inputs(args.inputs), args.tokenizer])
-    tokenize(args.inputs, args.tokenizer, args.out, text_field=args.text_field,
-             eos_id=args.eos_id, shard_tokens=args.shard_tokens, num_shards=args.num_shards,
-             shard_index=args.shard_index, workers=args.workers, strict=args.strict,
-             progress=not args.quiet)
+    with naming_write_errors(args.out, name_any=False):  # disk full outside a shard names --out
+        tokenize(args.inputs, args.tokenizer, args.out, text_field=args.text_field,
+                 eos_id=args.eos_id, shard_tokens=args.shard_tokens, num_shards=args.num_shards,
+                 shard_index=args.shard_index, workers=args.workers, strict=args.strict,
+                 progress=not args.quiet)
     return 0
 
 

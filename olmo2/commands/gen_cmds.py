@@ -106,9 +106,9 @@ def run_generate(args) -> int:
     import torch
 
     from olmo2.infer.generate import GenerationStats, stream_generate
-    from olmo2.textinput import decode_utf8
+    from olmo2.textinput import decode_utf8, stdin_bytes
     _validate(args)
-    prompt = decode_utf8(sys.stdin.buffer.read(), "--prompt - (stdin)") if args.prompt == "-" else args.prompt
+    prompt = decode_utf8(stdin_bytes(), "--prompt - (stdin)") if args.prompt == "-" else args.prompt
     if args.trace:  # a bad index fails before the model is loaded
         from olmo2.trace.store import open_index
         open_index(args.trace)
@@ -156,7 +156,7 @@ def run_chat(args) -> int:
     import torch
 
     from olmo2.infer.generate import stream_generate
-    from olmo2.textinput import InputTextError, decode_utf8
+    from olmo2.textinput import InputTextError, decode_utf8, stdin_bytes
     _validate(args)
     model, tok = _load(args)
     add_bos = True if args.add_bos else None
@@ -173,7 +173,7 @@ def run_chat(args) -> int:
         while True:
             if tty:
                 print("user> ", end="", file=sys.stderr, flush=True)
-            raw = sys.stdin.buffer.readline()  # bytes: a bad line is reported, not fatal
+            raw = stdin_bytes(line=True)  # bytes: a bad line is reported, not fatal
             if not raw:  # EOF
                 break
             lineno += 1

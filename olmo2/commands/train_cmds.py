@@ -143,7 +143,7 @@ def run_train(args) -> int:
 
     from olmo2.config import pad_vocab
     from olmo2.data.loader import Loader
-    from olmo2.fsio import atomic_file
+    from olmo2.fsio import atomic_file, naming_write_errors
     from olmo2.outdir import check_out
     from olmo2.recipes import apply_overrides, get_recipe
     from olmo2.train import parallel
@@ -184,7 +184,8 @@ def run_train(args) -> int:
             resolved["overrides"] = list(args.overrides)
             with atomic_file(out / "recipe.json") as f:
                 json.dump(resolved, f, indent=2)
-        res = train(recipe.model, t, loader, out, restart=args.restart)
+        with naming_write_errors(out, name_any=False):  # disk full mid-run names the run dir
+            res = train(recipe.model, t, loader, out, restart=args.restart)
         parallel.print0(f"done: step {res.step}, {res.tokens:,} tokens; last checkpoint {res.last_checkpoint}")
     finally:
         parallel.cleanup_distributed()

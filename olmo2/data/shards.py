@@ -33,7 +33,7 @@ from typing import Iterable
 import numpy as np
 
 from olmo2.errors import DataError
-from olmo2.fsio import atomic_file
+from olmo2.fsio import atomic_file, naming_write_errors
 
 FORMAT_VERSION = 1
 TOKEN_DTYPE = np.uint32
@@ -78,14 +78,17 @@ class ShardWriter:
         """Append one document (already ending in EOS)."""
         self.doc_starts.append(self.n_tokens)
         arr = np.ascontiguousarray(ids, dtype="<u4")
-        self._f.write(arr.tobytes())
+        with naming_write_errors(self.base + ".npy"):  # a bare f.write error names no file
+            self._f.write(arr.tobytes())
         self.n_tokens += int(arr.size)
 
     def close(self, record: dict) -> dict:
         """Finish the token file, write the index and the record (commit marker); return it."""
-        self._f.seek(0)
-        self._f.write(_npy_header(self.n_tokens))
-        self._f.seek(0, os.SEEK_END)
+        with naming_write_errors(self.base + ".npy"):
+            self._f.seek(0)
+            self._f.write(_npy_header(self.n_tokens))
+            self._f.seek(0, os.SEEK_END)
+            self._f.flush()
         self._ctx.__exit__(None, None, None)
         idx = np.asarray(self.doc_starts + [self.n_tokens], dtype=np.uint64)
         with atomic_file(self.base + ".idx.npy", "wb") as f:

@@ -126,7 +126,68 @@ def _open_decompressed(raw, comp: str | None, path: str):
         import zstandard
     except ImportError:
         raise DataError(f"{path}: reading .zst needs zstandard: pip install zstandard") from None
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    return io.BufferedReader(_ZstdReader(raw, zstandard), buffer_size=1 << 20)
+
+
+class _ZstdReader(io.RawIOBase):
+    """A .zst stream (one or more frames) that raises EOFError when the file ends mid-frame.
+
+    zstandard's own stream_reader returns a clean EOF on a truncated file, which would
+    tokenize a partial download without a word; decompressobj tells us whether the frame
+    was complete (`eof`)."""
+
+    def __init__(self, raw, zstandard):
+        self.raw, self.zstd = raw, zstandard
+        self.d = zstandard.ZstdDecompressor().decompressobj()
+        self.fed = False  # bytes given to the current frame's decompressor
+        self.buf, self.pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self.pos >= len(self.buf):
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                if self.fed and not self.d.eof:
+                    raise EOFError("the file ends in the middle of a zstd frame")
+                return 0
+            self.buf, self.pos = self._feed(chunk), 0
+        n = min(len(b), len(self.buf) - self.pos)
+        b[:n] = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def _feed(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            if self.d.eof:  # the next frame of a multi-frame file
+                self.d, self.fed = self.zstd.ZstdDecompressor().decompressobj(), False
+            self.fed = True
+            out.append(self.d.decompress(chunk))
+            chunk = self.d.unused_data if self.d.eof else b""
+        return b"".join(out)
+
+
+def _corrupt_errors(comp: str | None) -> tuple:
+    """Exceptions that mean "the compressed stream is damaged" (none for plain files)."""
+    if comp is None:
+        return ()
+    import zlib
+    errs = [EOFError, OSError, zlib.error]  # gzip.BadGzipFile is an OSError
+    if comp == "zst":
+        import zstandard
+        errs.append(zstandard.ZstdError)
+    return tuple(errs)
+
+
+def _corrupt_reason(comp: str, e: BaseException) -> str:
+    detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    if isinstance(e, gzip.BadGzipFile):
+        return (f"not gzip data ({detail}); rename the file without .gz if it is not compressed, "
+                "or recompress it; the rest of the file was skipped")
+    return (f"truncated or corrupt .{comp} data ({detail}); re-download or recompress the file; "
+            "the rest of the file was skipped")
 
 
 def iter_documents(path: str, text_field: str = "text"):
@@ -156,15 +217,32 @@ def iter_documents(path: str, text_field: str = "text"):
         return
     with open(path, "rb") as raw:
         f = _open_decompressed(raw, comp, path)
+        # A truncated or corrupt compressed stream surfaces while reading, as whatever the
+        # decompressor raises (EOFError, BadGzipFile, zlib.error, ZstdError). It becomes a
+        # malformed record at the line where it happened: reported and the rest of the
+        # file skipped, or fatal under --strict, like any malformed line.
+        corrupt = _corrupt_errors(comp)
         if kind == "txt":
-            data = f.read()
+            try:
+                data = f.read()
+            except corrupt as e:
+                yield 1, None, _corrupt_reason(comp, e), raw.tell()
+                return
             try:
                 yield 1, data.decode("utf-8"), None, raw.tell()
             except UnicodeDecodeError as e:
                 yield 1, None, f"not UTF-8 ({e})", raw.tell()
             return
         lineno = 0
-        for line in f:
+        lines = iter(f)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except corrupt as e:
+                yield lineno + 1, None, _corrupt_reason(comp, e), raw.tell()
+                return
             lineno += 1
             if not line.strip():
                 continue
