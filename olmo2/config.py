@@ -53,7 +53,9 @@ def check_value(name: str, v, kind: str, lo, hi, optional: bool = False, *_ignor
         if isinstance(v, bool) or not isinstance(v, int):
             return f"{name} must be an integer (got {v!r})"
         if not lo <= v <= hi:
-            return f"{name} must be in [{lo}, {hi:,}] (got {v:,})"
+            # Bounds of 2**31 and more are overflow guards, not advice: name the one crossed.
+            rule = f"in [{lo}, {hi:,}]" if hi < 2**31 - 1 else (f">= {lo}" if v < lo else f"<= {hi:,}")
+            return f"{name} must be {rule} (got {v:,})"
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return f"{name} must be a finite number (got {v!r})"

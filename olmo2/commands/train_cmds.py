@@ -147,6 +147,7 @@ def run_train(args) -> int:
     from olmo2.outdir import check_out
     from olmo2.recipes import apply_overrides, get_recipe
     from olmo2.train import parallel
+    from olmo2.train.config import check_run
     from olmo2.train.loop import train
 
     recipe = apply_overrides(get_recipe(args.recipe), args.overrides)
@@ -161,6 +162,17 @@ def run_train(args) -> int:
         print(recipe.to_json())
         return 0
     t = recipe.train
+    if args.data:  # before any loader or model: the data's ids must exist in the model
+        from olmo2.data.shards import load_metadata
+        check_run(recipe.model, t, load_metadata(args.data), " ".join(args.data))
+    else:
+        check_run(recipe.model, t)
+    import torch
+
+    from olmo2.memory import check_model_memory
+    # CPU training holds weights, gradients and two AdamW moments in fp32 (16 bytes per
+    # parameter); on GPUs the host only builds the model before sharding (4 bytes).
+    check_model_memory(recipe.model, 4 if torch.cuda.is_available() else 16, f"--recipe {args.recipe}")
     out = Path(args.out)
     check_out(out, "run", inputs=[*(args.data or []), t.init_from])
     if args.restart:

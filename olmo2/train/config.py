@@ -21,9 +21,37 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
+from olmo2.config import check_value
 from olmo2.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
+_INF = float("inf")
+
+# Type and range of every numeric field, checked when a TrainConfig is built (so a bad
+# `--set` fails at parse time with the field named, not as a traceback or a NaN loss
+# mid-run). Same (kind, low, high, optional) form as olmo2.config.FIELD_RANGES.
+TRAIN_FIELD_RANGES: dict[str, tuple] = {
+    "lr": ("float>=", 0.0, _INF, False),
+    "eps": ("float>", 0.0, _INF, False),
+    "weight_decay": ("float>=", 0.0, _INF, False),
+    "max_grad_norm": ("float>", 0.0, _INF, True),
+    "warmup_tokens": ("int", 0, 2**63 - 1, False),
+    "warmup_start_frac": ("float>=", 0.0, 1.0, False),
+    "t_max_tokens": ("int", 1, 2**63 - 1, False),
+    "alpha_f": ("float>=", 0.0, 1.0, False),
+    "global_batch_size": ("int", 1, 2**31 - 1, False),
+    "micro_batch_size": ("int", 1, 2**31 - 1, False),
+    "seq_len": ("int", 1, 2**24, False),
+    "max_steps": ("int", 1, 2**63 - 1, True),
+    "max_tokens": ("int", 1, 2**63 - 1, True),
+    "z_loss_coeff": ("float>=", 0.0, _INF, False),
+    "max_consecutive_skips": ("int", 1, 2**31 - 1, False),
+    "seed": ("int", 0, 2**63 - 1, False),
+    "save_every": ("int", 1, 2**63 - 1, True),
+    "log_every": ("int", 1, 2**63 - 1, False),
+    "eval_every": ("int", 1, 2**63 - 1, True),
+    "peak_flops": ("float>", 0.0, _INF, True),
+}
 
 
 @dataclass(frozen=True)
@@ -126,7 +154,12 @@ class TrainConfig:
     """Also write TensorBoard scalars to out_dir/tb if tensorboard is installed."""
 
     def __post_init__(self):
-        p = []
+        p = [msg for name, spec in TRAIN_FIELD_RANGES.items() if (msg := check_value(name, getattr(self, name), *spec))]
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2 or any(
+                check_value("betas", b, "float>=", 0.0, 1.0) or b == 1.0 for b in self.betas):
+            p.append(f"betas must be two numbers in [0, 1) (got {self.betas!r})")
+        if p:  # the cross-field checks below assume every value is a number in range
+            raise ConfigError("invalid train config: " + "; ".join(p))
         if self.schedule not in SCHEDULES:
             p.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -170,6 +203,23 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
+
+
+def check_run(model_cfg, train_cfg: TrainConfig, data_meta: dict | None = None, data_where: str = "--data") -> None:
+    """Cross-checks of one run, before any model is built: the one place to add more.
+
+    `data_meta` is the tokenize metadata of the training data (when known): its ids must
+    all exist in the model's embedding, or the first batch dies with an IndexError.
+    """
+    if data_meta:
+        vocab = int((data_meta.get("tokenizer") or {}).get("vocab_size") or 0)
+        top = max(vocab - 1, int(data_meta.get("eos_id") or 0))
+        if top >= model_cfg.vocab_size:
+            from olmo2.config import pad_vocab
+            raise ConfigError(
+                f"{data_where}: the data was tokenized with a {vocab}-id tokenizer (ids up to {top}) but "
+                f"model.vocab_size is {model_cfg.vocab_size}; pass that tokenizer with --tokenizer "
+                f"or --set model.vocab_size={pad_vocab(top + 1)}")
 
 
 def anneal(stage1: TrainConfig, start_lr: float, tokens: int, **kw) -> TrainConfig:
