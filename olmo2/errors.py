@@ -23,9 +23,13 @@ class DataError(Olmo2Error):
     """Input data is missing or malformed."""
 
 
-class GenerationError(Olmo2Error):
+class GenerationError(Olmo2Error, ValueError):
     """Invalid generation request: sampling values, prompt too long, bad stop list."""
 
 
 class DiskFullError(Olmo2Error):
     """A write ran out of space (or quota); nothing half-written is left under the final name."""
+
+
+class TokenIdError(Olmo2Error, ValueError):
+    """Token ids given to the model are not integers, or lie outside its vocabulary or context."""

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from olmo2.config import ModelConfig
+from olmo2.errors import TokenIdError
 
 if TYPE_CHECKING:  # only for type hints; the model never imports the inference package
     from olmo2.infer.kvcache import KVCache
@@ -208,6 +209,25 @@ class Olmo2Model(nn.Module):
         return self.norm(h)
 
 
+def _check_input_ids(input_ids: torch.Tensor, cfg: ModelConfig, start: int, default_positions: bool) -> None:
+    """Refuse ids the embedding would silently truncate (floats) or fail on with a bare
+    IndexError (out of vocabulary, past the RoPE table). The value check reads the ids
+    back, so it only runs on the CPU (free there; a host sync per step on a GPU)."""
+    if input_ids.dtype.is_floating_point or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TokenIdError(f"input_ids must be an integer tensor (got {input_ids.dtype}); pass token ids as torch.long")
+    if input_ids.dim() != 2:
+        raise TokenIdError(f"input_ids must be [batch, tokens] (got shape {tuple(input_ids.shape)})")
+    if default_positions and start + input_ids.shape[1] > cfg.max_seq_len:
+        raise TokenIdError(f"input is {start + input_ids.shape[1]} positions but the model's context "
+                           f"(max_seq_len) is {cfg.max_seq_len}; shorten the input")
+    if input_ids.device.type == "cpu" and input_ids.numel() and not torch.compiler.is_compiling():
+        lo, hi = (int(x) for x in torch.aminmax(input_ids))
+        if lo < 0 or hi >= cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise TokenIdError(f"input_ids: token id {bad} is outside the model's vocabulary [0, {cfg.vocab_size}); "
+                               "use the tokenizer the model was trained with")
+
+
 class Olmo2(nn.Module):
     """OLMo 2 causal LM: `model(input_ids) -> logits [B, T, vocab]`.
 
@@ -225,6 +245,7 @@ class Olmo2(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: "KVCache | None" = None, attn_mask: torch.Tensor | None = None,
                 last_only: bool = False) -> torch.Tensor:
+        _check_input_ids(input_ids, self.config, cache.length if cache is not None else 0, positions is None)
         h = self.model(input_ids, positions, cache, attn_mask)
         if last_only:  # prefill only needs the next-token logits: skip T-1 lm_head rows
             h = h[:, -1:]

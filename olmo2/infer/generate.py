@@ -31,6 +31,7 @@ not exercised by the tests yet).
 """
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,18 +55,34 @@ def decode_one(model, token: torch.Tensor, cache: KVCache, positions: torch.Tens
 def _as_id_list(x, name: str) -> list[int]:
     if x is None:
         return []
-    if isinstance(x, (int,)) or (isinstance(x, torch.Tensor) and x.dim() == 0):
-        return [int(x)]
-    try:
-        return [int(i) for i in x]
-    except (TypeError, ValueError):
-        raise GenerationError(f"{name} must be a token id or a list of token ids (got {x!r})") from None
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point or x.is_complex() or x.dtype == torch.bool:
+            raise GenerationError(f"{name} must hold integer token ids (got a {x.dtype} tensor)")
+        x = x.reshape(-1).tolist()
+    if not hasattr(x, "__iter__"):
+        x = [x]
+    items = list(x)
+    if len(items) == 1 and isinstance(items[0], (list, tuple)):
+        items = list(items[0])  # one prompt given as a batch of one
+    out = []
+    for i in items:
+        # int() would silently truncate 3.7 to 3; operator.index takes only true integers
+        # (Python and numpy ints) and refuses floats.
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            out.append(operator.index(i))
+        except TypeError:
+            raise GenerationError(f"{name} must be integer token ids (got {i!r})") from None
+    return out
 
 
 def prepare_prompts(input_ids, attention_mask=None, pad_token_id: int = 0,
                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Prompt(s) → (ids [B, T] long, left-padding mask [B, T] bool or None when unpadded)."""
     if isinstance(input_ids, torch.Tensor):
+        if input_ids.dtype.is_floating_point or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise GenerationError(f"input_ids must hold integer token ids (got a {input_ids.dtype} tensor)")
         ids = input_ids.to(device=device, dtype=torch.long)
         if ids.dim() == 1:
             ids = ids[None]
@@ -100,6 +117,17 @@ def prepare_prompts(input_ids, attention_mask=None, pad_token_id: int = 0,
         if bool(mask.all()):
             mask = None  # nothing padded: take the plain causal path
     return ids, mask
+
+
+def check_vocab(model, ids: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    """Raise GenerationError if a (non-pad) prompt id is outside the model's vocabulary."""
+    real = ids if mask is None else ids[mask]
+    if real.numel():
+        lo, hi = (int(v) for v in torch.aminmax(real))
+        V = model.config.vocab_size
+        if lo < 0 or hi >= V:
+            raise GenerationError(f"prompt token id {lo if lo < 0 else hi} is outside the model's vocabulary "
+                                  f"[0, {V}); use the tokenizer the model was trained with")
 
 
 def check_lengths(model, prompt_len: int, max_new_tokens: int) -> None:
@@ -211,6 +239,7 @@ def generate(model, input_ids, max_new_tokens: int = 32, temperature: float = 1.
     ids, mask = prepare_prompts(input_ids, attention_mask, pad_token_id, device)
     B, T = ids.shape
     check_lengths(model, T, max_new_tokens)
+    check_vocab(model, ids, mask)
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty).validated()
     stops = _check_stop_strings(stop_strings, tokenizer)
     stop_ids = torch.tensor(_stop_ids(model, eos_token_id, stop_token_ids), dtype=torch.long, device=device)
@@ -278,9 +307,10 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens: int = 128, tem
     Validation runs here, before the first `next()`; pass `stats` for counts and timings.
     """
     device = model.lm_head.weight.device
-    ids, _ = prepare_prompts(_as_id_list(torch.as_tensor(prompt_ids).reshape(-1), "prompt_ids"), None, 0, device)
+    ids, _ = prepare_prompts(_as_id_list(prompt_ids, "prompt_ids"), None, 0, device)
     T = ids.shape[1]
     check_lengths(model, T, max_new_tokens)
+    check_vocab(model, ids)
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty).validated()
     stops = _check_stop_strings(stop_strings, tokenizer)
     stop_ids = set(_stop_ids(model, eos_token_id, stop_token_ids))
