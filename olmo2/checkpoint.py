@@ -55,16 +55,34 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
             raise CheckpointError(f"{p}: is a file; pass the checkpoint directory that holds config.json")
         return p
     s = str(path_or_id)
-    looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    looks_like_hub_id = s.count("/") == 1 and not s.startswith((".", "/", "~")) and not s.endswith("/")
+    first = Path(s.split("/", 1)[0])
+    if not looks_like_hub_id or first.is_dir():
+        # `runs/typo` where runs/ exists is a mistyped local path, not a hub repo.
         raise CheckpointError(f"{p}: no such directory (pass an HF checkpoint directory or a hub id like allenai/OLMo-2-0425-1B)")
+    return _hub_snapshot(s)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A local snapshot of a hub repo, or one line saying why there is none (and that the
+    argument was not a local path either): offline, no such repo, network down, bad id."""
+    neither = f"{repo_id}: no such local directory"
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(s, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # network, auth, offline mode, unknown repo: all one line
-        raise CheckpointError(
-            f"{s}: not a local directory and the hub download failed ({type(e).__name__}); "
-            "check the id and your network, or download it and pass the directory") from None
+        name = type(e).__name__
+        if name in ("RepositoryNotFoundError", "GatedRepoError"):
+            why = "nor a repository on the Hugging Face hub you can access (check the path or the id; gated repos need HF_TOKEN)"
+        elif name in ("HFValidationError",):
+            why = "nor a valid hub id; check the path"
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or name == "OfflineModeIsEnabled":
+            why = ("and, as a hub id, not in the local hub cache while offline (HF_HUB_OFFLINE is set); "
+                   "check the path, or download it once online")
+        else:
+            why = (f"and the hub download of it as a repo id failed ({name}: hub unreachable?); "
+                   "check the path, the id and your network, or download it and pass the directory")
+        raise CheckpointError(f"{neither} {why}") from None
 
 
 def _inside(d: Path, name: object) -> Path:

@@ -156,6 +156,12 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     temps of earlier, killed writes of the same `path` are removed first.
     """
     path = Path(path)
+    here = Path.cwd()
+    if path.name in ("", ".", "..") or Path(os.path.abspath(path)) in (here, *here.parents):
+        # Replacing the directory we (and the user's shell) stand in would pull it away
+        # from under both; Path('.').with_name() does not even work.
+        raise Olmo2Error(f"{path}: is the current directory or one above it; write to a new "
+                         f"directory instead (e.g. {os.path.join(str(path), 'model')})")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent, name=path.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

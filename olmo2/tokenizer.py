@@ -210,7 +210,8 @@ class Tokenizer:
             from olmo2.checkpoint import resolve
             p = resolve(path_or_id)
         if not (p / "tokenizer.json").exists():
-            raise CheckpointError(f"{p}: no tokenizer.json (save one with the model, or pass --tokenizer)")
+            raise CheckpointError(f"{p}: no tokenizer.json; save the model with its tokenizer "
+                                  "(`olmo2 init`/`export` take --tokenizer) or copy tokenizer.json into it")
         kw: dict = {}
         cfg_path = p / "tokenizer_config.json"
         cfg: dict = {}

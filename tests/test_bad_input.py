@@ -143,8 +143,8 @@ def test_overwrite_keeps_old_until_new_is_complete(tmp_path):
 
 def test_hub_id_offline_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="allenai/OLMo-2-0425-1B: not a local directory and the hub download failed"):
+    with pytest.raises(CheckpointError, match="allenai/OLMo-2-0425-1B: no such local directory and, as a hub id, not in the local hub cache while offline"):
         load_model("allenai/OLMo-2-0425-1B")
     r = subprocess.run([sys.executable, "-m", "olmo2", "info", "--model", "allenai/OLMo-2-0425-1B"],
                        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120)
-    assert_one_line_error(r, "hub download failed")
+    assert_one_line_error(r, "no such local directory", "offline")

@@ -142,7 +142,7 @@ def run_info(args) -> int:
     for dt, b in stored.items():
         print(f"  stored as {dt:<9} {b / 1e9:.3f} GB in {len(files)} file(s)")
     print("  size as   " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in info["bytes_if"].items()))
-    print(f"  tokenizer          {'yes' if info['tokenizer'] else 'no (pass one to generate/chat)'}")
+    print(f"  tokenizer          {'yes' if info['tokenizer'] else 'no (generate/chat/score need tokenizer.json in this directory)'}")
     return 0
 
 
