@@ -27,8 +27,8 @@ class GenerationError(Olmo2Error, ValueError):
     """Invalid generation request: sampling values, prompt too long, bad stop list."""
 
 
-class DiskFullError(Olmo2Error):
-    """A write ran out of space (or quota); nothing half-written is left under the final name."""
+class DiskFullError(Olmo2Error, OSError):
+    """A write ran out of space (or quota); an OSError too, for callers that catch those."""
 
 
 class TokenIdError(Olmo2Error, ValueError):

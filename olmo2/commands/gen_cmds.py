@@ -25,7 +25,9 @@ BANNER = ("Note: this model can produce false, biased or harmful text and must n
 
 def _add_sampling_flags(p: argparse.ArgumentParser, default_max_new: int) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory (HF format, with tokenizer.json) or hub id")
-    p.add_argument("--max-new-tokens", type=int, default=default_max_new, help="most tokens to generate per reply")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"most tokens to generate per reply (default {default_max_new}, or what the context leaves)")
+    p.set_defaults(default_max_new=default_max_new)
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
@@ -63,7 +65,7 @@ def _validate(args) -> None:
     from olmo2.infer.sampling import SamplingParams
     from olmo2.textinput import arg_text
     SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty).validated()
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise GenerationError(f"--seed must be in [0, 2**64) (got {args.seed})")
@@ -121,7 +123,8 @@ def run_generate(args) -> int:
     ids = tok.encode(text)
     stats = GenerationStats()
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    pieces = stream_generate(model, tok, ids, args.max_new_tokens, generator=gen, stats=stats,
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else args.default_max_new
+    pieces = stream_generate(model, tok, ids, max_new, generator=gen, stats=stats,
                              **_sampling_kwargs(args, tok))
     out = []
     for piece in pieces:
@@ -160,7 +163,7 @@ def run_chat(args) -> int:
     _validate(args)
     model, tok = _load(args)
     add_bos = True if args.add_bos else None
-    _check_chat_room(tok, model, args.system, args.max_new_tokens, add_bos)
+    args.max_new_tokens = _check_chat_room(tok, model, args.system, args.max_new_tokens, args.default_max_new, add_bos)
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     kw = _sampling_kwargs(args, tok)
     # A model that starts a new user turn by itself has finished its reply.
@@ -214,12 +217,16 @@ def run_chat(args) -> int:
     return 0
 
 
-def _check_chat_room(tok, model, system, max_new, add_bos) -> None:
-    """Refuse at start a --max-new-tokens that leaves no room for even a one-word turn."""
+def _check_chat_room(tok, model, system, max_new, default_max_new, add_bos) -> int:
+    """The reply budget: refuse at start a --max-new-tokens that leaves no room for even a
+    one-word turn (rather than failing every turn); the default shrinks to what fits."""
     ctx = model.config.max_seq_len
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "hi"}]
     need = len(tok.encode(tok.apply_chat_template(msgs, add_generation_prompt=True, add_bos=add_bos)))
+    if max_new is None:
+        max_new = max(1, min(default_max_new, (ctx - need) // 2))  # leave room for the user's words
     if need + max_new > ctx:
         raise GenerationError(
             f"--max-new-tokens {max_new} leaves no room for a message: the model's context is {ctx} tokens and "
             f"the chat template{' with --system' if system else ''} takes {need}; use at most {max(ctx - need, 0)}")
+    return max_new
