@@ -141,7 +141,7 @@ CASES = [
     ("cfg-kv-heads-0", ["info", "--model", "{bad}"], _cfg(num_key_value_heads=0), ["config.json", "num_key_value_heads"]),
     ("cfg-theta-nan", ["info", "--model", "{bad}"], _cfg(rope_theta=float("nan"), rope_parameters=None),
      ["config.json", "rope_theta"]),
-    ("cfg-eos-outside-vocab", ["info", "--model", "{bad}"], _cfg(eos_token_id=5000), ["config.json", "eos_token_id"]),
+    ("cfg-eos-negative", ["info", "--model", "{bad}"], _cfg(eos_token_id=-3), ["config.json", "eos_token_id"]),
     ("cfg-index-list", ["score", "--model", "{bad}", "--text", "hi"], _index_list, ["model.safetensors.index.json"]),
     ("cfg-too-big-for-ram", ["score", "--model", "{model}", "--text", "hi"], _env(OLMO2_MEMORY_BYTES="1000"),
      ["config.json", "needs about", "GB"]),

@@ -162,6 +162,8 @@ def run_train(args) -> int:
         print(recipe.to_json())
         return 0
     t = recipe.train
+    out = Path(args.out)
+    check_out(out, "run", inputs=[*(args.data or []), t.init_from])
     if args.data:  # before any loader or model: the data's ids must exist in the model
         from olmo2.data.shards import load_metadata
         check_run(recipe.model, t, load_metadata(args.data), " ".join(args.data))
@@ -173,8 +175,6 @@ def run_train(args) -> int:
     # CPU training holds weights, gradients and two AdamW moments in fp32 (16 bytes per
     # parameter); on GPUs the host only builds the model before sharding (4 bytes).
     check_model_memory(recipe.model, 4 if torch.cuda.is_available() else 16, f"--recipe {args.recipe}")
-    out = Path(args.out)
-    check_out(out, "run", inputs=[*(args.data or []), t.init_from])
     if args.restart:
         recipe = recipe.replace(train=t.replace(resume=None))
         t = recipe.train
