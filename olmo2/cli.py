@@ -33,8 +33,17 @@ VERB_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the house error format: a bad or missing flag is one line on stderr,
+    `error: <verb>: <what>; see <verb> --help`, exit 2 (argparse's default adds the whole
+    usage block). Sub-verb parsers inherit the class (argparse uses `type(parent)`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="olmo2", description="OLMo 2 from raw text to a laptop.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
