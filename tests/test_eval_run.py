@@ -56,7 +56,10 @@ def test_native_and_hf_backends_give_identical_results(ckpt, shared_data, tmp_pa
     b = json.loads((tmp_path / "h" / "results.json").read_text())["results"]
     assert [(r["task"], r["metric"]) for r in a] == [(r["task"], r["metric"]) for r in b]
     for x, y in zip(a, b):
-        assert x["value"] == pytest.approx(y["value"], abs=1e-6), x
+        if x["metric"] == "mc2":  # a probability ratio: fp32 summation order differs between backends
+            assert x["value"] == pytest.approx(y["value"], abs=1e-5), x
+        else:  # accuracies and rates: identical
+            assert x["value"] == y["value"] and x["stderr"] == y["stderr"], x
     pa = [json.loads(l) for l in (tmp_path / "n" / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
     pb = [json.loads(l) for l in (tmp_path / "h" / "gsm8k" / "predictions.jsonl").read_text().splitlines()]
     assert [p["output"] for p in pa] == [p["output"] for p in pb]

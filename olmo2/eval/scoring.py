@@ -1,4 +1,4 @@
-"""Log-likelihood and greedy-generation backends for `olmo2 eval`: `native` and `hf`.
+"""Eval requests, the pair encoding both backends share, and the `hf` (transformers) backend.
 
     backend = load_backend("native", "runs/replicate-tiny/soup", batch_size=32)
     res = backend.loglikelihood([LoglikRequest("Q: 2+2?\\nA:", " 4"), ...])   # [LoglikResult]
@@ -10,12 +10,9 @@ pair is encoded as one string without special tokens, and the continuation ids a
 `encode(context + continuation)[len(encode(context)):]`. The log-likelihood is the sum of
 the continuation tokens' log-probs (natural log, fp32 log-softmax).
 
-`native` (olmo2's own model) is built for multiple choice, where many continuations share
-one context: requests are grouped by context, groups sorted longest first (so a too-big
-batch fails at once, and padding is small), up to `batch_size` continuations are scored
-per step, and each context is prefilled ONCE into the KV cache; its cached keys/values are
-then gathered per continuation row and all continuations run as one chunk on top. A
-lettered (MC-format) task whose continuations are one token costs a single prefill.
+`native` (olmo2's own model, `olmo2/eval/native.py`) shares work: the few-shot prefix
+common to a task's prompts is computed once, each context once after it, and all choices
+of a context as one chunk on top of its cached keys/values.
 
 `hf` (any transformers causal LM) is the plain reference method: one forward over
 context + continuation per request, right-padded batches. It is how peers (Gemma, Llama,
@@ -95,147 +92,11 @@ def weights_sha256(model_dir: str) -> str:
     return h.hexdigest()
 
 
-def _rows_per_step(batch_size: int | str, seq_len: int) -> int:
+def rows_per_step(batch_size: int | str, seq_len: int) -> int:
+    """Rows per forward: the given batch size, or for 'auto' a token budget / sequence length."""
     if batch_size == "auto":
         return max(1, AUTO_TOKEN_BUDGET // max(seq_len, 1))
     return int(batch_size)
-
-
-class NativeBackend:
-    """olmo2's model: grouped contexts, one prefill per context, KV cache reuse."""
-
-    name = "native"
-
-    def __init__(self, model, tokenizer, batch_size: int | str = 32, model_path: str = ""):
-        self.model, self.tok = model, tokenizer
-        self.batch_size = batch_size
-        self.model_path = model_path
-        self.max_length = model.config.max_seq_len
-        self.eos_id = tokenizer.eos_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text)
-
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True)
-
-    def loglikelihood(self, requests: Sequence[LoglikRequest], progress=None) -> list[LoglikResult]:
-        """One LoglikResult per request, in request order."""
-        import torch
-        encoded = [encode_pair(self.encode, r.context, r.continuation) for r in requests]
-        for i, (c, x) in enumerate(encoded):
-            if len(c) + len(x) > self.max_length:
-                raise GenerationError(f"eval request {i}: {len(c) + len(x)} tokens exceed the model context "
-                                      f"{self.max_length}; use fewer shots or a longer-context model")
-        groups: dict[tuple, list[int]] = {}
-        for i, (c, _) in enumerate(encoded):
-            groups.setdefault(tuple(c), []).append(i)
-        order = sorted(groups.items(), key=lambda kv: (-(len(kv[0]) + max(len(encoded[i][1]) for i in kv[1])), kv[1][0]))
-        out: list[LoglikResult | None] = [None] * len(requests)
-        batch: list[tuple[tuple, list[int]]] = []
-        rows = 0
-        with torch.inference_mode():
-            for ctx, idx in order:
-                limit = _rows_per_step(self.batch_size, len(ctx) + max(len(encoded[i][1]) for i in idx))
-                if batch and rows + len(idx) > limit:
-                    self._score_groups(batch, encoded, out, progress)
-                    batch, rows = [], 0
-                batch.append((ctx, idx))
-                rows += len(idx)
-            if batch:
-                self._score_groups(batch, encoded, out, progress)
-        return out  # type: ignore[return-value]
-
-    def _score_groups(self, batch, encoded, out, progress) -> None:
-        import torch
-        from olmo2.infer.kvcache import KVCache
-        model = self.model
-        dev = model.lm_head.weight.device
-        G = len(batch)
-        T = max(len(c) for c, _ in batch)
-        row_group = [g for g, (_, idx) in enumerate(batch) for _ in idx]
-        row_req = [i for _, idx in batch for i in idx]
-        conts = [encoded[i][1] for i in row_req]
-        B, C = len(row_req), max(len(x) for x in conts)
-        # 1) Prefill each distinct context once (left-padded to T; pads masked out as keys).
-        ids = torch.zeros(G, T, dtype=torch.long, device=dev)
-        cmask = torch.zeros(G, T, dtype=torch.bool, device=dev)
-        for g, (c, _) in enumerate(batch):
-            ids[g, T - len(c):] = torch.tensor(c, dtype=torch.long)
-            cmask[g, T - len(c):] = True
-        cache_g = KVCache.for_model(model, G, T)
-        if bool(cmask.all()):
-            last = model(ids, cache=cache_g, last_only=True)[:, -1]
-        else:
-            pos = (cmask.long().cumsum(-1) - 1).clamp(min=0)
-            causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
-            eye = torch.eye(T, dtype=torch.bool, device=dev)  # pad queries see themselves: no NaN rows
-            m = (causal[None] & cmask[:, None, :]) | eye[None]
-            last = model(ids, positions=pos, cache=cache_g, attn_mask=m[:, None], last_only=True)[:, -1]
-        first_lp = torch.log_softmax(last.float(), -1)  # [G, V]: predicts each continuation's 1st token
-        # 2) All continuations (minus their last token) as one right-padded chunk on top of
-        #    the gathered context cache; pads sit after real tokens, so causality hides them.
-        chunk_lp = None
-        if C > 1:
-            gi = torch.tensor(row_group, device=dev)
-            cache = KVCache.for_model(model, B, T + C - 1)
-            for layer in range(len(cache.k)):
-                cache.k[layer][:, :, :T] = cache_g.k[layer][gi]
-                cache.v[layer][:, :, :T] = cache_g.v[layer][gi]
-            cache.length = T
-            x = torch.zeros(B, C - 1, dtype=torch.long, device=dev)
-            for b, cont in enumerate(conts):
-                if len(cont) > 1:
-                    x[b, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-            ctx_len = cmask.sum(-1)[gi]  # real context length per row
-            # Pad slots of short continuations may run past the model's last position;
-            # their outputs are never read, so any valid position will do.
-            positions = (ctx_len[:, None] + torch.arange(C - 1, device=dev)[None]).clamp(max=self.max_length - 1)
-            key_ok = torch.ones(B, C - 1, T + C - 1, dtype=torch.bool, device=dev)
-            key_ok[:, :, :T] = cmask[gi][:, None, :]
-            key_ok[:, :, T:] = torch.ones(C - 1, C - 1, dtype=torch.bool, device=dev).tril()[None]
-            logits = model(x, positions=positions, cache=cache, attn_mask=key_ok[:, None])
-            chunk_lp = torch.log_softmax(logits.float(), -1)  # [B, C-1, V]
-        for b, cont in enumerate(conts):
-            g = row_group[b]
-            tgt = torch.tensor(cont, dtype=torch.long, device=dev)
-            lp = first_lp[g][None]
-            if len(cont) > 1:
-                lp = torch.cat([lp, chunk_lp[b, :len(cont) - 1]], 0)  # [n, V]
-            tok_lp = lp.gather(-1, tgt[:, None])[:, 0]
-            greedy = bool((lp.argmax(-1) == tgt).all())
-            out[row_req[b]] = LoglikResult(float(tok_lp.sum()), greedy, len(cont))
-        if progress is not None:
-            progress.update(B)
-
-    def generate_until(self, prompts: Sequence[str], stops: Sequence[str], max_new_tokens: int,
-                       progress=None) -> list[str]:
-        """Greedy continuations of each prompt, cut at the earliest stop string."""
-        from olmo2.infer.generate import generate
-        enc = [self.encode(p) for p in prompts]
-        order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
-        outs: list[str] = [""] * len(enc)
-        bs = _rows_per_step(self.batch_size, max(len(e) for e in enc) + max_new_tokens) if enc else 1
-        for s in range(0, len(order), bs):
-            chunk = order[s:s + bs]
-            longest = max(len(enc[i]) for i in chunk)
-            n_new = min(max_new_tokens, self.max_length - longest)
-            if n_new < 1:
-                raise GenerationError(f"prompt of {longest} tokens leaves no room to generate in the model "
-                                      f"context {self.max_length}")
-            res = generate(self.model, [enc[i] for i in chunk], max_new_tokens=n_new, temperature=0,
-                           stop_strings=list(stops), tokenizer=self.tok, pad_token_id=self.tok.pad_id)
-            for row, i in enumerate(chunk):
-                gen = [t for t in res[row, longest:].tolist()]
-                # Trailing pads (after EOS / stop) are not part of the text.
-                while gen and gen[-1] == self.tok.pad_id:
-                    gen.pop()
-                if gen and gen[-1] == self.eos_id:
-                    gen.pop()
-                outs[i] = cut_at_stops(self.tok.decode(gen, skip_special_tokens=True), stops)
-            if progress is not None:
-                progress.update(len(chunk))
-        return outs
 
 
 class HFBackend:
@@ -270,7 +131,7 @@ class HFBackend:
                 if seq0 > self.max_length:
                     raise GenerationError(f"eval request {order[s]}: {seq0} tokens exceed the model context "
                                           f"{self.max_length}; use fewer shots or a longer-context model")
-                chunk = order[s:s + _rows_per_step(self.batch_size, seq0)]
+                chunk = order[s:s + rows_per_step(self.batch_size, seq0)]
                 s += len(chunk)
                 seqs = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
                 L = max(len(q) for q in seqs)
@@ -319,6 +180,7 @@ def load_backend(kind: str, model_path: str, batch_size: int | str = 32, dtype: 
     """A NativeBackend or HFBackend for `model_path` (a checkpoint dir or hub id)."""
     if kind == "native":
         from olmo2.checkpoint import load_model
+        from olmo2.eval.native import NativeBackend
         from olmo2.tokenizer import Tokenizer
         model = load_model(model_path, dtype=dtype)
         tok = Tokenizer.from_pretrained(model_path)
