@@ -372,6 +372,19 @@ def test_generate_trace(corpus, index, tmp_path, capsys):
     assert "output tokens, corpus" in err or "no span of the output" in err
     assert main(gen + ["--trace", str(tmp_path)]) == 2
     assert "not a trace index" in capsys.readouterr().err
+    # chat --trace: each reply is traced after it is printed.
+    import io
+    import sys
+    chat = ["chat", "--model", m, "--max-new-tokens", "20", "--temperature", "0",
+            "--trace", str(index.path)]
+    old_stdin = sys.stdin
+    try:
+        sys.stdin = io.StringIO("w1 w2\nw3\n/exit\n")
+        assert main(chat) == 0
+    finally:
+        sys.stdin = old_stdin
+    err = capsys.readouterr().err
+    assert err.count("output tokens, corpus") + err.count("no span of the output") == 2
 
 
 def test_labels_fall_back_when_input_changed(corpus, tmp_path):

@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_sampling_flags(c, 256)
     c.add_argument("--system", default=None, help="system message placed before the conversation")
     c.add_argument("--add-bos", action="store_true", help="prepend <|endoftext|> to the chat (the SFT training format)")
+    c.add_argument("--trace", metavar="INDEX", default=None,
+                   help="trace each reply against an `olmo2 trace index` (view on stderr)")
     c.set_defaults(func=run_chat)
 
 
@@ -161,6 +163,9 @@ def run_chat(args) -> int:
     from olmo2.infer.generate import stream_generate
     from olmo2.textinput import InputTextError, decode_utf8, stdin_bytes
     _validate(args)
+    if args.trace:  # a bad index fails before the model is loaded
+        from olmo2.trace.store import open_index
+        open_index(args.trace)
     model, tok = _load(args)
     add_bos = True if args.add_bos else None
     args.max_new_tokens = _check_chat_room(tok, model, args.system, args.max_new_tokens, args.default_max_new, add_bos)
@@ -210,6 +215,9 @@ def run_chat(args) -> int:
                 _write(piece)
             _write("\n")
             history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(reply).strip()}]
+            if args.trace:
+                from olmo2.commands.trace_cmds import trace_and_print
+                trace_and_print(args.trace, "".join(reply), stream=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C: end the session like generate does (128 + SIGINT)
         _write("\n")
         print("interrupted", file=sys.stderr, flush=True)
