@@ -4,7 +4,8 @@
 
 Each side runs in its own subprocess (so peak RSS is its own) on the tiny replication's
 model (`olmo2.recipes.tiny.tiny_model`), fp32, the same batch, threads and random tokens:
-- ours: `Olmo2` forward → `olmo2.train.loop.lm_loss_sums` (CE + z-loss) → backward →
+- ours: `Olmo2` forward → `olmo2.train.loop.micro_batch_loss` (CE + z-loss, chunked by
+  default) → backward →
   global-norm clip → AdamW over OLMo 2's param groups (`olmo2.train.optim`), as the loop does.
 - hf:   `transformers.Olmo2ForCausalLM(input_ids, labels=...)` → backward → clip →
   `torch.optim.AdamW`.
@@ -14,6 +15,7 @@ and each side's peak RSS. Not a test: numbers depend on the machine and its load
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -32,14 +34,15 @@ def _worker(kind: str, steps: int, threads: int, batch: int, seq: int) -> dict:
     if kind == "ours":
         from olmo2.model import Olmo2
         from olmo2.train.config import TrainConfig
-        from olmo2.train.loop import lm_loss_sums
+        from olmo2.train.loop import micro_batch_loss
         from olmo2.train.optim import build_optimizer
         model = Olmo2(cfg)
         model.reset_parameters()
-        opt = build_optimizer(model, TrainConfig(max_steps=1))
+        tc = TrainConfig(max_steps=1)
+        opt = build_optimizer(model, tc)
 
         def step():
-            ce, z = lm_loss_sums(model(x), x, 1e-4)
+            ce, z = micro_batch_loss(model, x, x, tc, contextlib.nullcontext())
             ((ce + 1e-4 * z) / x[:, 1:].numel()).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

@@ -244,9 +244,14 @@ class Olmo2(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 cache: "KVCache | None" = None, attn_mask: torch.Tensor | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, head: bool = True) -> torch.Tensor:
+        """Logits [B, T, vocab] ([B, 1, vocab] with last_only); head=False returns the final
+        normed hidden states [B, T, d_model] instead, for a loss that applies `lm_head`
+        itself (olmo2/train/loss.py: chunked, so the [B·T, vocab] logits never exist)."""
         _check_input_ids(input_ids, self.config, cache.length if cache is not None else 0, positions is None)
         h = self.model(input_ids, positions, cache, attn_mask)
+        if not head:
+            return h
         if last_only:  # prefill only needs the next-token logits: skip T-1 lm_head rows
             h = h[:, -1:]
         return self.lm_head(h)

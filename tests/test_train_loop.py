@@ -146,7 +146,8 @@ def test_logged_z_loss_matches_hand_computation(tmp_path):
 
 
 class _Nan:
-    """Forward hook making the logits NaN on chosen forward calls (steps × micro-batches)."""
+    """Forward hook (on the final norm) making the hidden states, so the logits, NaN on chosen
+    forward calls (steps × micro-batches); the chunked loss never calls lm_head as a module."""
 
     def __init__(self, steps, micro=2):
         self.steps, self.micro, self.calls = set(steps), micro, 0
@@ -172,7 +173,7 @@ class _Record(Callback):
 def test_nan_step_is_skipped_and_training_continues(tmp_path):
     model = Olmo2(MODEL_CFG)
     model.reset_parameters(torch.Generator().manual_seed(1))
-    model.lm_head.register_forward_hook(_Nan({3}))
+    model.model.norm.register_forward_hook(_Nan({3}))
     rec = _Record()
     res = train(MODEL_CFG, cfg(max_steps=5), ArraySource(corpus(), 4), tmp_path, model=model, callbacks=[rec])
     assert res.step == 5
@@ -187,7 +188,7 @@ def test_nan_step_is_skipped_and_training_continues(tmp_path):
 def test_repeated_nan_aborts_after_n_and_keeps_last_good_checkpoint(tmp_path):
     model = Olmo2(MODEL_CFG)
     model.reset_parameters(torch.Generator().manual_seed(1))
-    model.lm_head.register_forward_hook(_Nan(range(4, 100)))
+    model.model.norm.register_forward_hook(_Nan(range(4, 100)))
     rec = _Record()
     with pytest.raises(Olmo2Error, match=r"3 consecutive steps with non-finite.*step-000002") as e:
         train(MODEL_CFG, cfg(max_steps=20, save_every=2, max_consecutive_skips=3), ArraySource(corpus(), 4),

@@ -104,6 +104,11 @@ class TrainConfig:
     """z-loss coefficient × logsumexp(logits)² per non-ignored token; 0 disables it.
     1e-4 is what the OLMo trainer code applies (the 1B yaml says 1e-5 but the value is
     never passed to the loss function; facts §1.1). Logged separately from the CE."""
+    loss_chunk_tokens: int | None = 512
+    """Compute CE + z-loss from the final hidden states this many tokens at a time,
+    recomputing each chunk's logits in backward, so the fp32 [tokens, vocab] logits and
+    their gradient never exist whole (~6.6 GB each at the 1B micro-batch); None: one
+    pass over the full logits."""
     max_consecutive_skips: int = 5
     """Abort with an Olmo2Error after this many non-finite (NaN/Inf) steps in a row;
     each such step is skipped (no optimizer update)."""
@@ -178,6 +183,8 @@ class TrainConfig:
                                            or self.keep_last < 1):
             p.append(f"keep_last must be an integer >= 1, or None to keep every checkpoint "
                      f"(got {self.keep_last!r})")
+        if self.loss_chunk_tokens is not None and self.loss_chunk_tokens < 1:
+            p.append(f"loss_chunk_tokens must be >= 1 or None (got {self.loss_chunk_tokens})")
         if self.max_consecutive_skips < 1:
             p.append("max_consecutive_skips must be >= 1")
         if p:

@@ -42,7 +42,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from olmo2.config import ModelConfig
@@ -52,12 +51,12 @@ from olmo2.progress import Progress
 from olmo2.train import parallel, state as ckpt
 from olmo2.train.config import TrainConfig
 from olmo2.train.init import build_model
+from olmo2.train.loss import IGNORE_INDEX, chunked_lm_loss_sums, lm_loss_sums  # noqa: F401 (re-export)
 from olmo2.train.metrics import MetricsLogger, memory_gb, peak_flops
 from olmo2.train.optim import build_optimizer, set_lr
 from olmo2.train.resume import clean_run_temps, clear_run, restore
 from olmo2.train.schedule import build_schedule
 
-IGNORE_INDEX = -100
 KILL_ENV = "OLMO2_TEST_SIGKILL_AFTER_STEP"
 
 
@@ -101,48 +100,19 @@ class Callback:
     def on_train_end(self, result: TrainResult) -> None: ...
 
 
-class _LMLoss(torch.autograd.Function):
-    """Σ CE and Σ lse² over kept rows of `flat` [N, V], with a hand-written backward.
-
-    d/dx of (g_ce·CE + g_z·z) per row is softmax·(g_ce + 2·g_z·lse) − g_ce·onehot(target):
-    one dense [N, V] tensor built from the saved log-softmax, instead of autograd's two
-    dense gradients (NLL and the lse column) plus their sum — the separate z-loss path
-    made a CPU training step ~1.25× slower than cross-entropy alone.
-    """
-
-    @staticmethod
-    def forward(ctx, flat, target, keep):
-        logp = torch.log_softmax(flat, dim=-1)
-        tgt = target.clamp(min=0)[:, None]
-        keepf = keep.to(flat.dtype)
-        # log_softmax(x)_j = x_j − lse(x) for any column j: lse for the price of a column.
-        lse = flat[:, 0] - logp[:, 0]
-        ce = -(logp.gather(1, tgt).squeeze(1) * keepf).sum()
-        z = (lse * lse * keepf).sum()
-        ctx.save_for_backward(logp, tgt, keepf, lse)
-        return ce, z
-
-    @staticmethod
-    def backward(ctx, g_ce, g_z):
-        logp, tgt, keepf, lse = ctx.saved_tensors
-        grad = logp.exp()
-        grad.mul_((keepf * (g_ce + 2 * g_z * lse))[:, None])
-        grad.scatter_add_(1, tgt, (-keepf * g_ce)[:, None])
-        return grad, None, None
-
-
-def lm_loss_sums(logits: torch.Tensor, labels: torch.Tensor, z_coeff: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ CE, Σ logsumexp²) over non-ignored next-token targets; labels unshifted, fp32 math.
-
-    The labels are shifted instead of the logits (the last position gets ignore_index),
-    which avoids copying the largest activation of the step; CE and z-loss share one
-    log-softmax and one backward pass (`_LMLoss`).
-    """
-    # at least fp32 (bf16 logits are upcast; an fp64 model stays fp64 for exactness tests)
-    flat = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
-    target = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-    ce, z = _LMLoss.apply(flat, target, target != IGNORE_INDEX)
-    return ce, (z if z_coeff else z.detach() * 0)
+def micro_batch_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
+                autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ CE, Σ z) of one micro-batch: chunked from the hidden states (cfg.loss_chunk_tokens)
+    or from the full logits."""
+    with autocast:
+        if cfg.loss_chunk_tokens:
+            # Under FSDP2 the root module (which owns lm_head) stays unsharded after its
+            # forward until backward, so its full weight can be used here.
+            h = model(ids, head=False)
+            return chunked_lm_loss_sums(h, parallel.unwrap(model).lm_head.weight, labels, cfg.z_loss_coeff,
+                                        cfg.loss_chunk_tokens)
+        logits = model(ids)
+    return lm_loss_sums(logits, labels, cfg.z_loss_coeff)
 
 
 def _seed_all(seed: int) -> None:
@@ -305,13 +275,11 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
                 if mode == "ddp" and i < n_micro - 1:
                     sync = model.no_sync()
                 with sync:
-                    with autocast:
-                        logits = model(ids[sl])
-                    ce, z = lm_loss_sums(logits, labels[sl], cfg.z_loss_coeff)
+                    ce, z = micro_batch_loss(model, ids[sl], labels[sl], cfg, autocast)
                     loss = (ce + cfg.z_loss_coeff * z) / denom
                     (loss * scale).backward()
                 sums += torch.stack([ce.detach(), z.detach()]).to(sums.dtype)
-                del logits, loss
+                del loss
             sums = parallel.all_reduce_sum(sums) / denom
             ce_loss, z_loss = float(sums[0]), cfg.z_loss_coeff * float(sums[1])
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")

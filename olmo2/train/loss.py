@@ -1,0 +1,138 @@
+"""The language-model loss: Σ cross-entropy and Σ z-loss (logsumexp²) over next-token targets.
+
+    ce, z = lm_loss_sums(model(ids), labels, z_coeff)                      # from logits
+    ce, z = chunked_lm_loss_sums(model(ids, head=False), lm_head.weight,   # from hidden
+                                 labels, z_coeff, chunk_tokens=1024)       # states
+
+Labels are UNSHIFTED (labels[:, t] is the token at t, or IGNORE_INDEX); both functions
+shift them (the last position gets IGNORE_INDEX) instead of slicing the logits. Both return
+sums, not means: the loop divides by the global target count. The math is at least fp32.
+
+Why two: `lm_loss_sums` takes the [N, V] logits, upcasts them to fp32 and keeps an fp32
+log-softmax for backward — with the 100k vocabulary and the 1B micro-batch (4 × 4096
+tokens) that is ~6.6 GB, plus the same again for the gradient. `chunked_lm_loss_sums`
+applies the LM head itself, `chunk_tokens` rows at a time, and saves only the hidden
+states and one logsumexp per token; backward recomputes each chunk's logits (one more
+[chunk, D] × [D, V] matmul per chunk) and turns them into the gradients of the hidden
+states and the head weight right away. Peak memory holds a few [chunk, V] tensors
+instead of [N, V] ones. The two agree to rounding (tests/test_loss.py); the chunked one
+sums in a different order, so it is not bitwise equal.
+
+Both share the hand-written gradient: d/dlogits of (g_ce·CE + g_z·z) per row is
+softmax·(g_ce + 2·g_z·lse) − g_ce·onehot(target), one dense tensor instead of autograd's
+two (NLL and the lse column) plus their sum.
+
+Footgun: `chunked_lm_loss_sums` must run under the same autocast as the model's forward
+would have applied to the head (the loop calls it inside its autocast block): it reads the
+autocast dtype to decide the matmul dtype, as F.linear would.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class _LMLoss(torch.autograd.Function):
+    """Σ CE and Σ lse² over kept rows of `flat` [N, V] (logits), with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, flat, target, keep):
+        logp = torch.log_softmax(flat, dim=-1)
+        tgt = target.clamp(min=0)[:, None]
+        keepf = keep.to(flat.dtype)
+        # log_softmax(x)_j = x_j − lse(x) for any column j: lse for the price of a column.
+        lse = flat[:, 0] - logp[:, 0]
+        ce = -(logp.gather(1, tgt).squeeze(1) * keepf).sum()
+        z = (lse * lse * keepf).sum()
+        ctx.save_for_backward(logp, tgt, keepf, lse)
+        return ce, z
+
+    @staticmethod
+    def backward(ctx, g_ce, g_z):
+        logp, tgt, keepf, lse = ctx.saved_tensors
+        grad = logp.exp()
+        grad.mul_((keepf * (g_ce + 2 * g_z * lse))[:, None])
+        grad.scatter_add_(1, tgt, (-keepf * g_ce)[:, None])
+        return grad, None, None
+
+
+def _shifted_targets(labels: torch.Tensor) -> torch.Tensor:
+    """labels [B, T] → flat next-token targets [B·T], the last position of each row ignored."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+
+
+def lm_loss_sums(logits: torch.Tensor, labels: torch.Tensor, z_coeff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ CE, Σ logsumexp²) over non-ignored next-token targets from logits [B, T, V]."""
+    # at least fp32 (bf16 logits are upcast; an fp64 model stays fp64 for exactness tests)
+    flat = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
+    target = _shifted_targets(labels)
+    ce, z = _LMLoss.apply(flat, target, target != IGNORE_INDEX)
+    return ce, (z if z_coeff else z.detach() * 0)
+
+
+class _ChunkedLMLoss(torch.autograd.Function):
+    """Σ CE and Σ lse² of the logits h @ w.T, computed `chunk` rows at a time (forward and
+    backward), never holding all N × V logits. h [N, D] and w [V, D] are already in the
+    matmul dtype; `acc` is the loss dtype (≥ fp32)."""
+
+    @staticmethod
+    def forward(ctx, h, w, target, keep, chunk, acc):
+        tgt = target.clamp(min=0)[:, None]
+        keepf = keep.to(acc)
+        lse = torch.empty(h.shape[0], dtype=acc, device=h.device)
+        ce = torch.zeros((), dtype=acc, device=h.device)
+        z = torch.zeros((), dtype=acc, device=h.device)
+        for s in range(0, h.shape[0], chunk):
+            e = s + chunk
+            logits = (h[s:e] @ w.T).to(acc)
+            logp = torch.log_softmax(logits, dim=-1)
+            # the same expressions as _LMLoss, so the two differ only in summation order
+            lse[s:e] = logits[:, 0] - logp[:, 0]
+            del logits
+            lse_c = lse[s:e]
+            ce -= (logp.gather(1, tgt[s:e]).squeeze(1) * keepf[s:e]).sum()
+            z += (lse_c * lse_c * keepf[s:e]).sum()
+        ctx.save_for_backward(h, w, tgt, keepf, lse)
+        ctx.chunk = chunk
+        return ce, z
+
+    @staticmethod
+    def backward(ctx, g_ce, g_z):
+        h, w, tgt, keepf, lse = ctx.saved_tensors
+        chunk = ctx.chunk
+        gh = torch.empty_like(h)
+        # fp32 (or fp64) accumulator for the head's gradient: with bf16 matmuls, summing
+        # the per-chunk products in bf16 would round once per chunk
+        gw = torch.zeros(w.shape, dtype=lse.dtype, device=w.device)
+        for s in range(0, h.shape[0], chunk):
+            e = s + chunk
+            # softmax = exp(logits − lse) from the recomputed logits and the saved lse
+            grad = (h[s:e] @ w.T).to(lse.dtype)
+            grad.sub_(lse[s:e, None]).exp_()
+            grad.mul_((keepf[s:e] * (g_ce + 2 * g_z * lse[s:e]))[:, None])
+            grad.scatter_add_(1, tgt[s:e], (-keepf[s:e] * g_ce)[:, None])
+            grad = grad.to(h.dtype)
+            torch.mm(grad, w, out=gh[s:e])
+            if gw.dtype == h.dtype:
+                gw.addmm_(grad.T, h[s:e])
+            else:
+                gw.add_(grad.T @ h[s:e])
+        return gh, gw.to(w.dtype), None, None, None, None
+
+
+def chunked_lm_loss_sums(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, z_coeff: float,
+                         chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ CE, Σ logsumexp²) like `lm_loss_sums(hidden @ weight.T, ...)`, from the final hidden
+    states [B, T, D] and the LM head weight [V, D], `chunk_tokens` tokens at a time."""
+    dev = hidden.device.type
+    # the matmul dtype F.linear would use: the autocast dtype if autocast is on, else h's
+    mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
+    acc = torch.promote_types(mm, torch.float32)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    target = _shifted_targets(labels)
+    with torch.autocast(dev, enabled=False):
+        ce, z = _ChunkedLMLoss.apply(flat.to(mm), weight.to(mm), target, target != IGNORE_INDEX,
+                                     max(int(chunk_tokens), 1), acc)
+    return ce, (z if z_coeff else z.detach() * 0)
