@@ -118,6 +118,23 @@ def test_planted_pickle_does_not_run(tmp_path, finished_run, capsys, plant, how)
     assert not marker.exists(), "a pickle payload in a checkpoint ran"
 
 
+def test_chat_template_from_a_checkpoint_cannot_reach_python(tmp_path):
+    from olmo2.errors import Olmo2Error
+    from olmo2.tokenizer import Tokenizer
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_data_tokenize import make_tokenizer
+    d = tmp_path / "tok"
+    d.mkdir()
+    make_tokenizer(d / "tokenizer.json")
+    marker = tmp_path / "PWNED"
+    (d / "chat_template.jinja").write_text(
+        "{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}")
+    tok = Tokenizer.from_pretrained(d)
+    with pytest.raises(Olmo2Error, match="chat_template.jinja"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert not marker.exists()
+
+
 def test_old_pickled_rank_state_is_refused_not_loaded(tmp_path, finished_run):
     marker = tmp_path / "PWNED"
     for ck in (finished_run / "step-000002", finished_run / "step-000004"):
