@@ -59,3 +59,35 @@ def test_two_ranks_match_one(tmp_path, parallel):
     # rank-average vs rank-sum mistake that the weights alone would not.
     ref = [json.loads(ln)["grad_norm"] for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([r["grad_norm"] for r in lines], ref, rtol=1e-5)
+
+
+def _sync_worker(rank: int, world: int, store: str) -> None:
+    from olmo2.train import parallel
+    from olmo2.train.init import build_model
+    from olmo2.train.loss import lm_loss_sums
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        c, cpu = run_cfg("fsdp"), torch.device("cpu")
+        ids = torch.from_numpy(corpus(8, seed=rank)).long().view(4, 2, -1)  # 4 micro-batches of 2 rows
+        grads = {}
+        for last_only in (False, True):
+            model = build_model(MODEL_CFG, c, parallel.build_mesh(cpu), cpu)
+            for i in range(len(ids)):
+                with parallel.grad_sync(model, "fsdp", sync=not last_only or i == len(ids) - 1):
+                    ce, z = lm_loss_sums(model(ids[i]), ids[i], 1e-4)
+                    (ce + 1e-4 * z).backward()
+                if last_only and i < len(ids) - 1:
+                    # no reduce-scatter ran: the sharded gradients do not exist yet
+                    assert all(p.grad is None for p in model.parameters())
+            grads[last_only] = [p.grad.to_local().clone() for p in model.parameters()]
+        for (n, _), a, b in zip(model.named_parameters(), grads[True], grads[False]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_syncs_gradients_only_on_the_last_micro_batch(tmp_path):
+    """Accumulating unsharded gradients and reduce-scattering once gives the gradients of
+    reduce-scattering after every micro-batch (to rounding), and skips the earlier syncs."""
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)

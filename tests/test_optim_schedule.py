@@ -1,5 +1,7 @@
 """AdamW parameter groups and a hand-computed step; token-unit LR schedules (facts §3, §4)."""
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -123,3 +125,20 @@ def test_config_roundtrip_and_docs():
     docs = field_docs()
     assert "1e-4" in docs["z_loss_coeff"] and "1e-5" in docs["z_loss_coeff"]
     assert set(docs) >= {"lr", "warmup_tokens", "max_grad_norm", "resume", "init_from"}
+
+
+def test_fused_adamw_is_cuda_only_with_a_clear_error_elsewhere(tmp_path):
+    from olmo2.train.optim import adamw_kernel
+    fused = TrainConfig(fused_adamw=True)
+    assert adamw_kernel(fused, torch.device("cuda", 0)) == {"fused": True}
+    assert adamw_kernel(TrainConfig(), torch.device("cuda", 0)) == {"foreach": False}
+    assert adamw_kernel(TrainConfig(), torch.device("cpu")) == {"foreach": False}
+    with pytest.raises(ConfigError, match="train.fused_adamw=true needs the parameters on CUDA .*cpu"):
+        build_optimizer(tiny_model(), fused)
+    # the loop refuses it before building the model (at 13B that takes minutes)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_train_loop import MODEL_CFG, ArraySource, cfg, corpus
+    from olmo2.train.loop import train
+    with pytest.raises(ConfigError, match="fused_adamw"):
+        train(MODEL_CFG, cfg(fused_adamw=True), ArraySource(corpus(4), 4), tmp_path)
+    assert not list(tmp_path.glob("step-*"))

@@ -46,6 +46,7 @@ TRAIN_FIELD_RANGES: dict[str, tuple] = {
     "max_tokens": ("int", 1, 2**63 - 1, True),
     "z_loss_coeff": ("float>=", 0.0, _INF, False),
     "max_consecutive_skips": ("int", 1, 2**31 - 1, False),
+    "loss_chunk_tokens": ("int", 1, 2**31 - 1, True),
     "seed": ("int", 0, 2**63 - 1, False),
     "save_every": ("int", 1, 2**63 - 1, True),
     "log_every": ("int", 1, 2**63 - 1, False),
@@ -70,6 +71,10 @@ class TrainConfig:
     (norm weights ARE decayed: OLMo 2 decay_norm_and_bias=true, decay_embeddings=false)."""
     decay_embeddings: bool = False
     """Also decay model.embed_tokens.weight."""
+    fused_adamw: bool = False
+    """Use PyTorch's fused AdamW kernel (CUDA only; faster on GPUs). CPU runs refuse it with
+    an error: they keep the per-parameter kernel, which keeps the 1-vs-2-rank and resume
+    comparisons exact. Loading a checkpoint keeps this run's choice, not the writer's."""
     max_grad_norm: float | None = 1.0
     """Global-norm gradient clipping; None disables clipping (the norm is still logged)."""
 
@@ -183,8 +188,6 @@ class TrainConfig:
                                            or self.keep_last < 1):
             p.append(f"keep_last must be an integer >= 1, or None to keep every checkpoint "
                      f"(got {self.keep_last!r})")
-        if self.loss_chunk_tokens is not None and self.loss_chunk_tokens < 1:
-            p.append(f"loss_chunk_tokens must be >= 1 or None (got {self.loss_chunk_tokens})")
         if self.max_consecutive_skips < 1:
             p.append("max_consecutive_skips must be >= 1")
         if p:

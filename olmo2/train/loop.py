@@ -53,7 +53,7 @@ from olmo2.train.config import TrainConfig
 from olmo2.train.init import build_model
 from olmo2.train.loss import IGNORE_INDEX, chunked_lm_loss_sums, lm_loss_sums  # noqa: F401 (re-export)
 from olmo2.train.metrics import MetricsLogger, memory_gb, peak_flops
-from olmo2.train.optim import build_optimizer, set_lr
+from olmo2.train.optim import adamw_kernel, build_optimizer, set_lr
 from olmo2.train.resume import clean_run_temps, clear_run, restore
 from olmo2.train.schedule import build_schedule
 
@@ -174,6 +174,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
     if cfg.seq_len > model_cfg.max_seq_len:
         raise ConfigError(f"train.seq_len {cfg.seq_len} exceeds model.max_seq_len {model_cfg.max_seq_len}; "
                           f"lower train.seq_len or raise model.max_seq_len")
+    adamw_kernel(cfg, device)  # refuse fused_adamw off CUDA before building anything
     local_batch = cfg.global_batch_size // world
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
@@ -271,10 +272,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
             n_micro = B // cfg.micro_batch_size
             for i in range(n_micro):
                 sl = slice(i * cfg.micro_batch_size, (i + 1) * cfg.micro_batch_size)
-                sync = contextlib.nullcontext()
-                if mode == "ddp" and i < n_micro - 1:
-                    sync = model.no_sync()
-                with sync:
+                with parallel.grad_sync(model, mode, sync=i == n_micro - 1):
                     ce, z = micro_batch_loss(model, ids[sl], labels[sl], cfg, autocast)
                     loss = (ce + cfg.z_loss_coeff * z) / denom
                     (loss * scale).backward()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from olmo2.errors import ConfigError
+
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module")
 
 
@@ -39,12 +41,25 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool =
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW(betas, eps, wd) over OLMo 2's groups; the LR is set by the loop every step."""
+def adamw_kernel(cfg, device: torch.device) -> dict:
+    """AdamW's implementation keywords: fused on CUDA when cfg.fused_adamw, else the
+    per-parameter loop; fused_adamw on any other device is a ConfigError (no silent fallback:
+    a GPU run that expects the fused kernel should not quietly get the slow one)."""
+    if cfg.fused_adamw:
+        if device.type != "cuda":
+            raise ConfigError(f"train.fused_adamw=true needs the parameters on CUDA (they are on {device.type}); "
+                              f"set train.fused_adamw=false on this machine")
+        return {"fused": True}
     # foreach=False: the per-parameter kernel is the same code path on every world size and
     # with DTensor params, which keeps the 1-rank vs 2-rank and resume comparisons exact.
+    return {"foreach": False}
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW(betas, eps, wd) over OLMo 2's groups; the LR is set by the loop every step."""
+    device = next(model.parameters()).device  # a DTensor reports its local shard's device
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings),
-                             lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
+                             lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **adamw_kernel(cfg, device))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

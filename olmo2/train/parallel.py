@@ -16,6 +16,7 @@ Footguns:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -145,6 +146,24 @@ def parallelize(model: nn.Module, cfg, mesh, device: torch.device | None = None)
     if mode == "ddp":
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return model
+
+
+@contextlib.contextmanager
+def grad_sync(model: nn.Module, mode: str, sync: bool):
+    """Around one micro-batch's backward: communicate gradients only if `sync` (the last
+    micro-batch of a step). Earlier micro-batches accumulate locally — FSDP2 keeps the
+    unsharded gradients (`set_requires_gradient_sync(False)`: no reduce-scatter), DDP skips
+    its all-reduce (`no_sync`) — and the last backward reduces the sum once.
+    Trade-off under FSDP2: the unsharded gradients of the whole model stay in memory until
+    the last micro-batch (per block, as FSDP2 holds them), for 1/n_micro the communication."""
+    if mode == "fsdp":
+        model.set_requires_gradient_sync(sync)  # every FSDP module under the root (recurse)
+        yield
+    elif mode == "ddp" and not sync:
+        with model.no_sync():
+            yield
+    else:
+        yield
 
 
 def use_autocast(cfg, device: torch.device) -> bool:
