@@ -162,3 +162,37 @@ def test_stop_strings_and_eos_match_stream_generate(mt):
         eng.shutdown()
     assert "".join(e.text for e in evs) == expect and stop not in expect
     assert evs[-1].finish_reason == "stop"
+
+
+def test_shared_prefix_is_reused_not_recomputed(mt):
+    model, tok = mt
+    system = tok.encode("You are a helpful assistant who answers in one short sentence. " * 3)
+    a, b = system + tok.encode(" First question?"), system + tok.encode(" Another, different one?")
+    eng = Engine(model, tok, EngineConfig(max_batch=4, block_size=4)).start()
+    try:
+        got_a = tokens_of(eng.submit(GenRequest(a, 6)))
+        assert eng.stats["prefix_hit_tokens"] == 0
+        got_b = tokens_of(eng.submit(GenRequest(b, 6)))
+        shared = eng.stats["prefix_hit_tokens"]
+        assert shared >= len(system) - 4                      # all full blocks of the common prefix
+        # The next turn of a conversation reuses the previous turn, reply included.
+        turn2 = a + got_a + tok.encode(" And then?")
+        got_c = tokens_of(eng.submit(GenRequest(turn2, 6)))
+        assert eng.stats["prefix_hit_tokens"] - shared >= len(a) + len(got_a) - 1 - 4
+        assert eng.pool.free_blocks == eng.pool.n_blocks      # cached blocks stay evictable
+    finally:
+        eng.shutdown()
+    assert got_a == reference(model, a, 6) and got_b == reference(model, b, 6)
+    assert got_c == reference(model, turn2, 6)
+
+
+def test_prefix_cache_evicts_under_pressure(mt):
+    model, tok = mt
+    eng = Engine(model, tok, EngineConfig(max_batch=2, block_size=4, kv_tokens=64)).start()   # 16 blocks
+    try:
+        for i in range(6):   # each leaves ~5 cached blocks: the pool must evict to admit the next
+            p = tok.encode(f"Distinct prompt number {i} with some words to fill blocks")
+            assert tokens_of(eng.submit(GenRequest(p, 8))) == reference(model, p, 8)
+        assert eng.pool.free_blocks == eng.pool.n_blocks and eng.pool.cached_blocks <= 16
+    finally:
+        eng.shutdown()

@@ -1,7 +1,7 @@
 """olmo2 serve under load, on loopback: 32 concurrent streaming clients are all correct and
-finish much faster than the same requests one after another; a client killed mid-stream
-frees its slot without stalling the others; a full queue answers 429; RSS stays bounded
-over 500 requests (slow)."""
+finish much faster than the same requests one after another (slow: a server process and
+~100 requests); a client killed mid-stream frees its slot without stalling the others; a
+full queue answers 429; RSS stays bounded over 500 requests (slow)."""
 from __future__ import annotations
 
 import asyncio
@@ -33,29 +33,37 @@ async def stream_text(client, i: int, n: int = 8) -> str:
     return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
 
 
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+@pytest.mark.slow
 def test_32_concurrent_streams_are_correct_and_faster_than_serial(serve_ckpt):
-    app = create_app(ServeConfig(model=str(serve_ckpt), engine=EngineConfig(max_batch=32)), load_in_background=False)
-    engine = app.state.olmo2.engine
-    with LiveServer(app) as srv:
+    # A separate server process, as in real use: client and server do not share a GIL.
+    with ServerProcess(serve_ckpt, "--max-batch", "32", "--threads", "1") as srv:
         async def run():
             client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=120)
-            await stream_text(client, 0)                       # warm up
-            t0 = time.perf_counter()
-            serial = [await stream_text(client, i) for i in range(32)]
+            await stream_text(client, 1000)                                   # warm up
+            t0 = time.perf_counter()       # timed serial pass on other prompts (no prefix-cache help)
+            for i in range(100, 132):
+                await stream_text(client, i)
             t_serial = time.perf_counter() - t0
-            steps_before = engine.stats["steps"]
+            steps_before = metric(srv.url, "olmo2_decode_steps_total")
             t0 = time.perf_counter()
             batched = await asyncio.gather(*[stream_text(client, i) for i in range(32)])
             t_batched = time.perf_counter() - t0
+            steps = metric(srv.url, "olmo2_decode_steps_total") - steps_before
+            alone = [await stream_text(client, i) for i in range(32)]         # the reference, untimed
             await client.close()
-            return serial, batched, t_serial, t_batched, engine.stats["steps"] - steps_before
-        serial, batched, t_serial, t_batched, steps = asyncio.run(run())
-    assert batched == serial and all(serial)           # each equals the same request decoded alone
+            return alone, batched, t_serial, t_batched, steps
+        alone, batched, t_serial, t_batched, steps = asyncio.run(run())
+    assert batched == alone and all(alone)           # each equals the same request decoded alone
     ratio = t_serial / t_batched
     print(f"\n32 streaming clients x 8 tokens: serial {t_serial:.2f} s, batched {t_batched:.2f} s, "
-          f"speed-up {ratio:.1f}x ({steps} batched decode steps for {32 * 7} single-request steps)")
+          f"speed-up {ratio:.1f}x ({steps:.0f} batched decode steps for {32 * 7} single-request steps)")
     assert steps < 32 * 7 / 2          # requests really shared decode forwards
-    assert ratio > 1.5   # measured 3-7x on 2 shared cores; the bound leaves room for a loaded machine
+    assert ratio > 1.5   # measured 3-11x on 2 shared cores; the bound leaves room for a loaded machine
 
 
 def test_killed_client_does_not_stall_others(serve_ckpt):
@@ -109,7 +117,7 @@ def test_queue_overflow_gives_429_and_the_rest_complete(serve_ckpt):
 
 @pytest.mark.slow
 def test_rss_bounded_over_500_requests(serve_ckpt):
-    with ServerProcess(serve_ckpt, "--max-batch", "8") as srv:
+    with ServerProcess(serve_ckpt, "--max-batch", "8", "--threads", "1") as srv:
         def burst(n: int):
             async def run():
                 async with httpx.AsyncClient(timeout=120) as c:

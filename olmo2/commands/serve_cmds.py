@@ -32,12 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-int8", action="store_true", help="store the KV cache as int8 (4x smaller than fp32)")
     p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body in KiB (larger: HTTP 413)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0 = torch's default); 1 is faster on a busy machine")
     p.set_defaults(func=run_serve)
 
 
 def _check(args) -> None:
     if not 0 <= args.port <= 65535:
         raise Olmo2Error(f"--port must be 0..65535 (got {args.port})")
+    if args.threads < 0:
+        raise Olmo2Error(f"--threads must be >= 0 (got {args.threads})")
     for name in ("max_batch", "max_queue", "max_body_kb", "kv_mb"):
         if getattr(args, name) < 1:
             raise Olmo2Error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
@@ -57,6 +61,11 @@ def run_serve(args) -> int:
         from olmo2.serve.engine import EngineConfig
     except ModuleNotFoundError as e:
         raise Olmo2Error(f"olmo2 serve needs {e.name}: pip install 'olmo2[serve]'") from None
+    if args.threads:
+        # Measured on 2 shared cores under load: 1 thread answered 8-token requests in 0.5 s,
+        # 2 threads in 1.85 s (OpenMP workers spin and fight the event loop for the cores).
+        import torch
+        torch.set_num_threads(args.threads)
     cfg = ServeConfig(model=args.model, model_name=args.model_name, api_key=args.api_key, dtype=args.dtype,
                       max_body_bytes=args.max_body_kb * 1024,
                       engine=EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,

@@ -307,6 +307,8 @@ def _prometheus(state: State) -> str:
            [(f'{{status="{k}"}}', v) for k, v in sorted(state.http_errors.items())])
     metric("olmo2_prompt_tokens_total", "counter", "prompt tokens prefilled", [("", s.get("prompt_tokens", 0))])
     metric("olmo2_generation_tokens_total", "counter", "tokens generated", [("", s.get("completion_tokens", 0))])
+    metric("olmo2_prefix_cache_hit_tokens_total", "counter", "prompt tokens whose KV came from the prefix cache",
+           [("", s.get("prefix_hit_tokens", 0))])
     metric("olmo2_sequences_finished_total", "counter", "sequences finished by reason",
            [(f'{{reason="{k[9:]}"}}', v) for k, v in sorted(s.items()) if k.startswith("finished_")])
     metric("olmo2_queue_rejected_total", "counter", "requests refused with 429", [("", s.get("rejected", 0))])
@@ -315,7 +317,9 @@ def _prometheus(state: State) -> str:
            [("", round(eng.tokens_per_second(), 3) if eng else 0)])
     metric("olmo2_queue_depth", "gauge", "requests waiting for a batch slot", [("", eng.queue_depth if eng else 0)])
     metric("olmo2_batch_size", "gauge", "requests in the running batch", [("", eng.batch_size if eng else 0)])
-    metric("olmo2_kv_blocks_free", "gauge", "free KV cache blocks", [("", eng.pool.free_blocks if eng else 0)])
+    metric("olmo2_kv_blocks_free", "gauge", "KV cache blocks free or evictable", [("", eng.pool.free_blocks if eng else 0)])
+    metric("olmo2_kv_blocks_cached", "gauge", "KV cache blocks holding a reusable prefix",
+           [("", eng.pool.cached_blocks if eng else 0)])
     metric("olmo2_model_loaded", "gauge", "1 once the model is ready", [("", 1 if eng else 0)])
     return "\n".join(lines) + "\n"
 

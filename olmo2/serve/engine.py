@@ -159,6 +159,7 @@ class _Row:
     dec: IncrementalDecoder
     holder: StopStringHolder
     generated: int = 0
+    tokens: list[int] = field(default_factory=list)   # ids whose K/V are in `blocks`, in order
 
 
 class Engine:
@@ -281,33 +282,45 @@ class Engine:
             self._prefill(rest)
 
     def _prefill(self, group: list[tuple[Handle, int]], full_logits: bool = False) -> None:
-        """One forward over the prompts of `group` (right-padded), then each samples a token."""
-        rows, prompts = [], [h.req.prompt_ids for h, _ in group]
+        """One forward over the prompts of `group` (right-padded), then each samples a token.
+
+        Each prompt first takes the longest cached prefix of full KV blocks
+        (`BlockPool.match`) and prefills only the rest; at least its last token is always
+        run, because its logits give the first sampled token.
+        """
+        rows, starts, bs = [], [], self.pool.block_size
         for h, reserved in group:
             req = h.req
-            blocks = self.pool.alloc(self.pool.blocks_for(len(req.prompt_ids) + 1))
+            T = len(req.prompt_ids)
+            shared = [] if full_logits else self.pool.match(req.prompt_ids, (T - 1) // bs)
+            blocks = shared + self.pool.alloc(self.pool.blocks_for(T + 1) - len(shared))
             gen = torch.Generator(device=self.device)
             gen.manual_seed(req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-            rows.append(_Row(h, blocks, reserved, 0, -1, gen, IncrementalDecoder(self.tok), StopStringHolder(req.stop)))
+            rows.append(_Row(h, blocks, reserved, 0, -1, gen, IncrementalDecoder(self.tok), StopStringHolder(req.stop),
+                             tokens=list(req.prompt_ids)))
+            starts.append(len(shared) * bs)
         self._rows += rows
-        lens = [len(p) for p in prompts]
-        ids = torch.zeros(len(prompts), max(lens), dtype=torch.long, device=self.device)
-        for i, p in enumerate(prompts):
-            ids[i, :len(p)] = torch.tensor(p, dtype=torch.long)
-        view = self.pool.bind([r.blocks for r in rows], [0] * len(rows), lens)
+        new = [len(r.tokens) - s for r, s in zip(rows, starts)]
+        ids = torch.zeros(len(rows), max(new), dtype=torch.long, device=self.device)
+        for i, (r, s) in enumerate(zip(rows, starts)):
+            ids[i, :new[i]] = torch.tensor(r.tokens[s:], dtype=torch.long)
+        view = self.pool.bind([r.blocks for r in rows], starts, new)
         hidden = self.model.model(ids, view.positions, view, view.mask)          # [B, T, D]
         if full_logits:
-            all_logits = self.model.lm_head(hidden)                              # B == 1 here
-            last = all_logits[:, lens[0] - 1]
+            all_logits = self.model.lm_head(hidden)                              # B == 1, start 0 here
+            last = all_logits[:, new[0] - 1]
         else:  # the lm_head only where a next token is sampled: each row's last prompt token
-            last = self.model.lm_head(hidden[torch.arange(len(rows)), torch.tensor(lens) - 1])
-        for i, (row, T) in enumerate(zip(rows, lens)):
+            last = self.model.lm_head(hidden[torch.arange(len(rows)), torch.tensor(new) - 1])
+        for i, (row, s) in enumerate(zip(rows, starts)):
+            T = len(row.tokens)
             row.length = T
+            self.pool.register(row.blocks, row.tokens)   # later requests can share this prompt
             first = Event(prompt_tokens=T)
             if full_logits:
                 lp = torch.log_softmax(all_logits[0, :T - 1].float(), dim=-1)
                 first.prompt_logprobs = [None] + lp.gather(1, ids[0, 1:T, None])[:, 0].tolist()
             self.stats["prompt_tokens"] += T
+            self.stats["prefix_hit_tokens"] += s
             self.stats["prefills"] += 1
             self._emit(row, last[i], first)
         self.stats["prefill_forwards"] += 1
@@ -324,6 +337,7 @@ class Engine:
         self.stats["batched_rows"] += len(rows)
         for i, r in enumerate(list(rows)):
             r.length += 1
+            r.tokens.append(r.last)
             self._emit(r, logits[i], Event())
 
     def _emit(self, row: _Row, logits: torch.Tensor, ev: Event) -> None:
@@ -376,6 +390,9 @@ class Engine:
         ev = ev or Event(prompt_tokens=len(row.handle.req.prompt_ids), completion_tokens=row.generated)
         ev.finish_reason, ev.error = reason, error
         self._rows.remove(row)
+        if reason != "error":  # after a failed forward the blocks may hold partial writes
+            # Keep the conversation so far findable: the next turn of a chat starts with it.
+            self.pool.register(row.blocks, row.tokens)
         self.pool.free(row.blocks)
         with self._cv:
             self._reserved -= row.reserved

@@ -19,6 +19,14 @@ key j of row b visible to its token t only when `j <= lens[b] + t`, so rows of d
 lengths share one forward and each sees exactly its own causal prefix — which is why a
 request's tokens do not depend on what else is in the batch (up to float summation order).
 
+Prefix reuse: a full block is keyed by a hash chain over every token up to its end, so
+two requests whose prompts start alike (a system prompt, the earlier turns of a chat) find
+the same blocks with `match()` and prefill only the rest. Blocks are refcounted; when the
+last user frees a keyed block it stays cached, evictable in LRU order by `alloc()`, so the
+cache costs no capacity. Only full blocks strictly inside a request's known tokens are
+keyed, and a request only writes positions after its matched prefix, so shared blocks are
+never written.
+
 Why gather instead of a paged-attention kernel: on CPU torch has no paged SDPA; one
 `index_select` per layer per step copies the in-flight K/V (small next to the weights
 for the models this serves on CPU) and keeps attention the stock
@@ -33,6 +41,9 @@ with weight 0, and 0 × NaN garbage would be NaN. A BlockView is valid for one f
 """
 from __future__ import annotations
 
+import collections
+import hashlib
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +70,11 @@ class BlockPool:
             self.ks = [torch.zeros(sshape, dtype=torch.float32, device=device) for _ in range(n_layers)]
             self.vs = [torch.zeros(sshape, dtype=torch.float32, device=device) for _ in range(n_layers)]
         self._free = list(range(n_blocks - 1, -1, -1))  # pop() hands out low ids first
+        # Prefix cache (see the module docstring): refcounts, content keys, evictable blocks.
+        self._ref = [0] * n_blocks
+        self._key_of: dict[int, bytes] = {}
+        self._by_key: dict[bytes, int] = {}
+        self._lru: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     @classmethod
     def for_model(cls, model, n_blocks: int, block_size: int = 16, int8: bool = False) -> "BlockPool":
@@ -69,21 +85,75 @@ class BlockPool:
     # ---- accounting ------------------------------------------------------------------
     @property
     def free_blocks(self) -> int:
-        return len(self._free)
+        """Blocks an alloc() can hand out: never used, or cached with no user (evictable)."""
+        return len(self._free) + len(self._lru)
+
+    @property
+    def cached_blocks(self) -> int:
+        return len(self._by_key)
 
     def blocks_for(self, n_tokens: int) -> int:
         """Blocks needed to hold n_tokens positions."""
         return -(-n_tokens // self.block_size)
 
     def alloc(self, n: int) -> list[int]:
-        """n fresh block ids; raises OutOfBlocks (allocating nothing) if fewer are free."""
-        if n > len(self._free):
-            raise OutOfBlocks(f"need {n} blocks, {len(self._free)} free")
-        return [self._free.pop() for _ in range(n)]
+        """n fresh block ids (evicting least recently used cached prefixes if needed);
+        raises OutOfBlocks, allocating nothing, if fewer are available."""
+        if n > self.free_blocks:
+            raise OutOfBlocks(f"need {n} blocks, {self.free_blocks} free")
+        out = []
+        for _ in range(n):
+            if self._free:
+                b = self._free.pop()
+            else:
+                b, _ = self._lru.popitem(last=False)
+                del self._by_key[self._key_of.pop(b)]
+            self._ref[b] = 1
+            out.append(b)
+        return out
 
     def free(self, blocks: list[int]) -> None:
-        """Return block ids to the pool (their contents are simply overwritten later)."""
-        self._free.extend(reversed(blocks))
+        """Drop one reference to each block; unreferenced blocks with a cached prefix stay
+        (evictable), the others go back to the free list."""
+        for b in reversed(blocks):
+            self._ref[b] -= 1
+            if self._ref[b] == 0:
+                if b in self._key_of:
+                    self._lru[b] = None
+                else:
+                    self._free.append(b)
+
+    # ---- prefix cache ----------------------------------------------------------------
+    def _keys(self, tokens: list[int], n_blocks: int):
+        """Content keys of the first n_blocks full blocks: a hash chain over the tokens, so
+        a key names the block's tokens AND everything before them (their K/V depend on it)."""
+        h = hashlib.blake2b(digest_size=16)
+        bs = self.block_size
+        for i in range(n_blocks):
+            h.update(struct.pack(f"<{bs}q", *tokens[i * bs:(i + 1) * bs]))
+            yield h.copy().digest()
+
+    def match(self, tokens: list[int], max_blocks: int) -> list[int]:
+        """Cached blocks holding the longest prefix of `tokens` (≤ max_blocks full blocks);
+        the caller now holds a reference to each (release with free())."""
+        out = []
+        for key in self._keys(tokens, min(max_blocks, len(tokens) // self.block_size)):
+            b = self._by_key.get(key)
+            if b is None:
+                break
+            if self._ref[b] == 0:
+                del self._lru[b]
+            self._ref[b] += 1
+            out.append(b)
+        return out
+
+    def register(self, blocks: list[int], tokens: list[int]) -> None:
+        """Make the full blocks of `tokens` (held in `blocks`, in order) findable by match()."""
+        n = min(len(blocks), len(tokens) // self.block_size)
+        for b, key in zip(blocks[:n], self._keys(tokens, n)):
+            if key not in self._by_key and b not in self._key_of:
+                self._by_key[key] = b
+                self._key_of[b] = key
 
     def nbytes(self) -> int:
         """Bytes held by the K/V buffers (all blocks, used or not)."""
