@@ -111,7 +111,8 @@ def test_queue_overflow_gives_429_and_the_rest_complete(serve_ckpt):
             return rs
         rs = asyncio.run(run())
     codes = [r.status_code for r in rs]
-    assert set(codes) == {200, 429} and codes.count(200) >= 6
+    assert set(codes) == {200, 429} and codes.count(200) >= 4     # at least the queue's worth got in
+    assert all(r.json()["choices"][0]["message"]["content"] for r in rs if r.status_code == 200)
     assert all(r.json()["error"]["type"] == "rate_limit_error" for r in rs if r.status_code == 429)
 
 

@@ -124,7 +124,9 @@ class State:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.name = cfg.model_name or Path(str(cfg.model).rstrip("/")).name or "olmo2"
-        self.model = self.tok = self.engine = self.grammars = None
+        self.model = self.tok = self.engine = None
+        self._grammars = None
+        self._grammars_lock = threading.Lock()
         self.error: str | None = None
         self.started = time.time()
         self.requests = {"chat": 0, "completions": 0}
@@ -134,17 +136,24 @@ class State:
         """Load model + tokenizer and start the engine (runs in a background thread)."""
         try:
             from olmo2.checkpoint import load_model
-            from olmo2.serve.jsonmode import JsonGrammars
             from olmo2.tokenizer import Tokenizer
             model = load_model(self.cfg.model, dtype=self.cfg.dtype).eval()
             tok = Tokenizer.from_pretrained(self.cfg.model)
             tok.check_fits(model.config.vocab_size, str(self.cfg.model))
-            self.grammars = JsonGrammars(tok, model.config.vocab_size)
             self.model, self.tok = model, tok
             self.engine = Engine(model, tok, self.cfg.engine).start()
         except Exception as e:  # shown by /health; the CLI checks it before listening
             log.exception("model load failed")
             self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+
+    @property
+    def grammars(self):
+        """JSON token masks over the vocabulary, built on first use (~1 s; most servers never need it)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                from olmo2.serve.jsonmode import JsonGrammars
+                self._grammars = JsonGrammars(self.tok, self.model.config.vocab_size)
+            return self._grammars
 
     def ready(self) -> Engine:
         if self.engine is None:
