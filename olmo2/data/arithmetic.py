@@ -1,21 +1,36 @@
-"""Synthetic GSM8K-style arithmetic word problems for the tiny replication's stage-2 mix.
+"""Synthetic arithmetic word problems: the one generator that the tiny replication trains on
+and evaluates with (GSM8K-style two-step problems, standing in for Dolmino's synthetic math).
 
-    from olmo2.data.arithmetic import generate_problems, write_jsonl, extract_answer
-    write_jsonl(generate_problems(20000, seed=0, split="train"), "arith/train.jsonl")
-    olmo2 data tokenize arith/train.jsonl --tokenizer tokenizer.json --out tok/arith
+    from olmo2.data.arithmetic import ArithTask, train_problems, heldout_problems, write_jsonl
+    task = ArithTask()
+    write_jsonl(train_problems(task, 8000, seed=0), "arith/train.jsonl")
+    test = heldout_problems(task, "test", 600)          # DISTINCT problems, none in train
 
-Stands in for Dolmino's synthetic math (TinyGSM etc.) at a scale a tiny model can learn in
-minutes on a CPU: 1-2 digit operands, five templates (add, subtract, multiply, add-then-
-subtract, multiply-then-add), answers written as a short chain of thought ending in
-"So the answer is N." like the OLMES GSM8K exemplars:
+A *problem* is the key (op, a, b, c) with one-digit operands in [1, max_operand]:
+"add" is a + b + c, "sub" is a + b - c (c <= a + b, so answers are >= 0). The answer is
+worked in two steps, ending in "So the answer is N." like the OLMES GSM8K exemplars:
 
-    Question: Tom has 12 apples and buys 7 more. How many apples does Tom have?
-    Answer: 12 + 7 = 19. So the answer is 19.
+    Question: What is 3 + 5 - 4?
+    Answer: 3 + 5 = 8. 8 - 4 = 4. So the answer is 4.
 
-Splits: the *problem* is the tuple (template, operands); names and objects are surface
-decoration. Each problem hashes (sha256) into one of 10 buckets; bucket 0 is "test", the
-rest "train", so no test problem appears in train under any seed. `extract_answer` is the
-OLMES GSM8K rule, used to score generations.
+Splits: every key of the finite problem space hashes (sha256) into one of 10 buckets:
+0-3 are "test", 4-5 "dev" (for tuning the recipe), 6-9 "train". So by construction no
+held-out problem is ever trained on, under any seed or size (`check_disjoint` asserts it on
+the actual lists), and the test split holds ~570 distinct problems.
+
+Why this task (each alternative measured on the dev split, tiny model trained on pure
+arithmetic from scratch): two-digit add/sub word problems (operands 1..99) reached 1.3%
+(column working) and 1.7% (one equation) held-out exact match after 300k tokens: the demo
+BPE writes most two-digit numbers as single tokens, so the model would have to learn
+addition over arbitrary token ids. One-digit two-step *word* problems ("Tom has 3 apples.
+Tom gets 5 more and then gives away 4...") reached 8% after 200k tokens, the model mostly
+failing to copy the operands out of sentences whose length varies with the name and object.
+Here every step is a one-digit table (a + b, then s ± c) that the training problems cover
+many times over, the operands sit at fixed offsets, and the held-out *problems* (triples)
+are new: the model must compose the steps, not recall a problem.
+
+`extract_answer` is the OLMES GSM8K rule (last number in the text), used to score
+generations; `parses` says whether a generation has the answer format at all.
 """
 from __future__ import annotations
 
@@ -24,96 +39,99 @@ import json
 import os
 import random
 import re
+from dataclasses import dataclass
 
 from olmo2.fsio import atomic_file
 
-NAMES = ["Tom", "Anna", "Ben", "Mia", "Sam", "Lily", "Omar", "Zoe", "Ravi", "Emma", "Leo", "Ivy"]
-ITEMS = ["apples", "books", "marbles", "pencils", "stickers", "cookies", "shells", "coins",
-         "cards", "balloons"]
-TEMPLATES = ("add", "sub", "mul", "add_sub", "mul_add")
-TEST_BUCKETS, NUM_BUCKETS = (0,), 10
+OPS = ("add", "sub")
+NUM_BUCKETS = 10
+SPLIT_BUCKETS = {"test": (0, 1, 2, 3), "dev": (4, 5), "train": (6, 7, 8, 9)}
 
 
-def _bucket(template: str, operands: tuple[int, ...]) -> int:
-    key = f"{template}:{','.join(map(str, operands))}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % NUM_BUCKETS
+@dataclass(frozen=True)
+class ArithTask:
+    """The problem space."""
+    max_operand: int = 9
+    """Operands are drawn from [1, max_operand]."""
+
+    def __post_init__(self):
+        if not 2 <= self.max_operand <= 99:
+            raise ValueError(f"max_operand must be in [2, 99], got {self.max_operand}")
 
 
-def split_of(template: str, operands: tuple[int, ...]) -> str:
-    """'test' or 'train' for a (template, operands) problem."""
-    return "test" if _bucket(template, operands) in TEST_BUCKETS else "train"
+def _bucket(key: tuple) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, key)).encode()).digest()[:8], "big") % NUM_BUCKETS
 
 
-def _operands(rng: random.Random, template: str) -> tuple[int, ...]:
-    if template == "add":
-        return rng.randint(1, 99), rng.randint(1, 99)
-    if template == "sub":
-        a = rng.randint(2, 99)
-        return a, rng.randint(1, a)
-    if template == "mul":
-        return rng.randint(2, 12), rng.randint(2, 12)
-    if template == "add_sub":
-        a, b = rng.randint(1, 50), rng.randint(1, 49)
-        return a, b, rng.randint(1, a + b)
-    a, b = rng.randint(2, 9), rng.randint(2, 9)  # mul_add
-    return a, b, rng.randint(1, 20)
+def split_of(key: tuple) -> str:
+    """'train', 'dev' or 'test' for a problem key (op, a, b, c)."""
+    b = _bucket(key)
+    return next(s for s, bs in SPLIT_BUCKETS.items() if b in bs)
 
 
-def render(template: str, ops: tuple[int, ...], name: str, item: str) -> dict:
-    """The problem dict {question, answer_text, answer, template, operands}."""
-    if template == "add":
-        a, b = ops
-        q = f"{name} has {a} {item} and buys {b} more. How many {item} does {name} have?"
-        ans = a + b
-        steps = f"{a} + {b} = {ans}."
-    elif template == "sub":
-        a, b = ops
-        q = (f"{name} has {a} {item} and gives {b} of them to a friend. "
-             f"How many {item} does {name} have left?")
-        ans = a - b
-        steps = f"{a} - {b} = {ans}."
-    elif template == "mul":
-        a, b = ops
-        q = (f"{name} has {a} boxes with {b} {item} in each box. "
-             f"How many {item} does {name} have in total?")
-        ans = a * b
-        steps = f"{a} * {b} = {ans}."
-    elif template == "add_sub":
-        a, b, c = ops
-        q = (f"{name} has {a} {item}, finds {b} more, and then loses {c}. "
-             f"How many {item} does {name} have now?")
-        ans = a + b - c
-        steps = f"{a} + {b} = {a + b}. {a + b} - {c} = {ans}."
-    elif template == "mul_add":
-        a, b, c = ops
-        q = (f"{name} buys {a} bags with {b} {item} in each bag and already had {c} {item}. "
-             f"How many {item} does {name} have?")
-        ans = a * b + c
-        steps = f"{a} * {b} = {a * b}. {a * b} + {c} = {ans}."
-    else:
-        raise ValueError(f"unknown template {template!r}")
-    return {"question": q, "answer_text": f"{steps} So the answer is {ans}.", "answer": ans,
-            "template": template, "operands": list(ops)}
+def problem_space(task: ArithTask) -> list[tuple]:
+    """Every problem key of the task, in a fixed order."""
+    r = range(1, task.max_operand + 1)
+    return ([("add", a, b, c) for a in r for b in r for c in r]
+            + [("sub", a, b, c) for a in r for b in r for c in r if c <= a + b])
 
 
-def generate_problems(n: int, seed: int = 0, split: str = "train") -> list[dict]:
-    """`n` deterministic problems of `split` ('train' or 'test'); same args, same list."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"olmo2-arith-{seed}-{split}")
-    out = []
-    while len(out) < n:
-        t = rng.choice(TEMPLATES)
-        ops = _operands(rng, t)
-        name, item = rng.choice(NAMES), rng.choice(ITEMS)
-        if split_of(t, ops) == split:
-            out.append(render(t, ops, name, item))
-    return out
+def answer_of(key: tuple) -> int:
+    op, a, b, c = key
+    return a + b + c if op == "add" else a + b - c
+
+
+def render(key: tuple) -> dict:
+    """The problem dict {question, answer_text, answer, key}."""
+    op, a, b, c = key
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}")
+    sign = "+" if op == "add" else "-"
+    s, ans = a + b, answer_of(key)
+    return {"question": f"What is {a} + {b} {sign} {c}?",
+            "answer_text": f"{a} + {b} = {s}. {s} {sign} {c} = {ans}. So the answer is {ans}.",
+            "answer": ans, "key": list(key)}
+
+
+def _keys_of(task: ArithTask, split: str) -> list[tuple]:
+    if split not in SPLIT_BUCKETS:
+        raise ValueError(f"split must be one of {tuple(SPLIT_BUCKETS)}, got {split!r}")
+    return [k for k in problem_space(task) if split_of(k) == split]
+
+
+def train_problems(task: ArithTask, n: int, seed: int = 0) -> list[dict]:
+    """`n` training documents: train-split keys drawn uniformly with replacement."""
+    keys = _keys_of(task, "train")
+    rng = random.Random(f"olmo2-arith-train-{seed}")
+    return [render(rng.choice(keys)) for _ in range(n)]
+
+
+def heldout_problems(task: ArithTask, split: str, n: int, seed: int = 0) -> list[dict]:
+    """`n` DISTINCT problems of the 'dev' or 'test' split (fewer if the split is smaller)."""
+    if split == "train":
+        raise ValueError("heldout_problems: use train_problems for the train split")
+    keys = _keys_of(task, split)
+    rng = random.Random(f"olmo2-arith-{split}-{seed}")
+    chosen = rng.sample(keys, min(n, len(keys)))
+    return [render(k) for k in chosen]
+
+
+def check_disjoint(train: list[dict], heldout: list[dict]) -> None:
+    """Raise ValueError unless no held-out problem key occurs among the training problems."""
+    seen = {tuple(p["key"]) for p in train}
+    both = [tuple(p["key"]) for p in heldout if tuple(p["key"]) in seen]
+    if both:
+        raise ValueError(f"{len(both)} held-out problems are also training problems, e.g. {both[0]}")
+
+
+def prompt_of(p: dict) -> str:
+    """The question part of a problem document (what evaluation prompts with)."""
+    return f"Question: {p['question']}\nAnswer:"
 
 
 def problem_text(p: dict) -> str:
     """The pretraining document for a problem: 'Question: ...\\nAnswer: ...'."""
-    return f"Question: {p['question']}\nAnswer: {p['answer_text']}"
+    return f"{prompt_of(p)} {p['answer_text']}"
 
 
 def write_jsonl(problems: list[dict], path: str | os.PathLike) -> None:
@@ -125,6 +143,7 @@ def write_jsonl(problems: list[dict], path: str | os.PathLike) -> None:
 
 _NUM_COMMA = re.compile(r"(\d),(\d)")
 _NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
+_FINAL = re.compile(r"answer is \$?(\d[\d,]*)")
 
 
 def extract_answer(text: str) -> int | None:
@@ -138,3 +157,8 @@ def extract_answer(text: str) -> int | None:
         return None
     v = float(nums[-1])
     return int(v) if v.is_integer() else None
+
+
+def parses(text: str) -> bool:
+    """Whether a generation has the answer format: it states 'answer is N'."""
+    return _FINAL.search(text) is not None

@@ -1,57 +1,81 @@
-"""Evaluations for the replication: arithmetic exact match (greedy) and validation bpb.
+"""Arithmetic exact match (greedy) for the replication, with format rate and baselines.
 
-    from olmo2.eval.arithmetic import easy_problems, arithmetic_accuracy, val_bits_per_byte
-    acc = arithmetic_accuracy(model, tok, easy_problems(200, split="test"))
-    bpb = val_bits_per_byte(model, tok, "val.jsonl", max_docs=40, max_chars=3000)
+    from olmo2.data.arithmetic import ArithTask, heldout_problems, train_problems
+    from olmo2.eval.arithmetic import arithmetic_eval, baselines
+    r = arithmetic_eval(model, tok, heldout_problems(ArithTask(), "test", 600))
+    r.accuracy, r.ci, r.format_rate           # hits/n, 95% Wilson interval, share that parses
+    b = baselines(train, test)                 # majority answer and answer-distribution guess
 
-Arithmetic task: the prompt is `<|endoftext|>Question: ...\\nAnswer:` (pretraining docs
-follow an EOS); generation is greedy, batched, and stops at EOS or a newline; the text
-before the first newline is scored with `extract_answer` (OLMES GSM8K rule) against the
-integer answer. `easy_problems` is the CPU replication's task: 1–2 digit addition and
-subtraction in the fixed templates of `olmo2.data.arithmetic`, with its hash-based
-train/test split, so no test problem is ever a training problem.
-
-Validation bpb: the first `max_docs` documents of a JSONL file in file order, each cut to
-its first `max_chars` characters, scored with `olmo2.eval.bpb.corpus_bits_per_byte` —
-deterministic, and a few seconds for a tiny model.
+Prompt: `<|endoftext|>Question: ...\\nAnswer:` (pretraining documents follow an EOS);
+generation is greedy, batched, and stops at EOS or a newline. The generation is scored with
+`extract_answer` (OLMES GSM8K rule: the last number) against the integer answer; separately,
+`parses` says whether it stated "answer is N" at all (format rate), so a model that learned
+the format but not the sums is told apart from one that learned neither. Problems come from
+the one generator in `olmo2.data.arithmetic` that also writes the training documents.
 """
 from __future__ import annotations
 
-import json
-import random
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
-from olmo2.data.arithmetic import ITEMS, NAMES, extract_answer, render, split_of
-from olmo2.eval.bpb import corpus_bits_per_byte
-
-EASY_TEMPLATES = ("add", "sub")
+from olmo2.data.arithmetic import extract_answer, parses, prompt_of
+from olmo2.eval.intervals import distribution_baseline, majority_baseline, wilson
 
 
-def easy_problems(n: int, seed: int = 0, split: str = "train", max_operand: int = 50) -> list[dict]:
-    """`n` deterministic add/sub problems with operands in [1, max_operand] from `split`."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"olmo2-easy-arith-{seed}-{split}-{max_operand}")
-    out = []
-    while len(out) < n:
-        t = rng.choice(EASY_TEMPLATES)
-        a = rng.randint(1, max_operand)
-        b = rng.randint(1, max_operand) if t == "add" else rng.randint(1, a)
-        if split_of(t, (a, b)) == split:
-            out.append(render(t, (a, b), rng.choice(NAMES), rng.choice(ITEMS)))
-    return out
+@dataclass(frozen=True)
+class ArithResult:
+    """Exact-match hits and format rate of one model on n held-out problems."""
+    n: int
+    hits: int
+    formatted: int
+    example: tuple[str, str] = ("", "")
+
+    @property
+    def accuracy(self) -> float:
+        return self.hits / self.n
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson(self.hits, self.n)
+
+    @property
+    def format_rate(self) -> float:
+        return self.formatted / self.n
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), accuracy=self.accuracy, ci=list(self.ci), format_rate=self.format_rate)
 
 
-def prompt_of(p: dict) -> str:
-    """The question part of a problem document."""
-    return f"Question: {p['question']}\nAnswer:"
+@dataclass(frozen=True)
+class Baseline:
+    """A trivial strategy's (expected) hits on the same held-out problems."""
+    name: str
+    hits: float
+    n: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.hits / self.n
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson(self.hits, self.n)
+
+
+def baselines(train: list[dict], heldout: list[dict]) -> list[Baseline]:
+    """Majority training answer and answer-distribution guessing, scored on `heldout`."""
+    tr = [p["answer"] for p in train]
+    te = [p["answer"] for p in heldout]
+    hits, answer = majority_baseline(tr, te)
+    return [Baseline(f"always answer {answer} (majority training answer)", hits, len(te)),
+            Baseline("guess from the training answer distribution (expected)", distribution_baseline(tr, te),
+                     len(te))]
 
 
 @torch.inference_mode()
-def arithmetic_generations(model, tokenizer, problems: list[dict], max_new_tokens: int = 24,
-                           batch_size: int = 64) -> list[str]:
+def arithmetic_generations(model, tokenizer, problems: list[dict], max_new_tokens: int = 48,
+                           batch_size: int = 128) -> list[str]:
     """Greedy completions (text before the first newline) for each problem's prompt."""
     from olmo2.infer.generate import generate
     was_training = model.training
@@ -71,38 +95,15 @@ def arithmetic_generations(model, tokenizer, problems: list[dict], max_new_token
     return outs
 
 
-def arithmetic_accuracy(model, tokenizer, problems: list[dict], return_outputs: bool = False, **kw):
-    """Exact-match accuracy (extract_answer == answer) of greedy generations."""
-    outs = arithmetic_generations(model, tokenizer, problems, **kw)
-    hits = [extract_answer(o) == p["answer"] for o, p in zip(outs, problems)]
-    acc = sum(hits) / max(len(hits), 1)
-    return (acc, outs) if return_outputs else acc
+def score(outputs: list[str], problems: list[dict]) -> ArithResult:
+    """Exact match (extract_answer == answer) and format rate of generations."""
+    if not problems or len(outputs) != len(problems):
+        raise ValueError("score: need one output per problem and at least one problem")
+    hits = sum(extract_answer(o) == p["answer"] for o, p in zip(outputs, problems))
+    formatted = sum(parses(o) for o in outputs)
+    return ArithResult(len(problems), hits, formatted, (prompt_of(problems[0]), outputs[0]))
 
 
-def val_texts(path: str | Path, max_docs: int = 40, max_chars: int = 3000) -> list[str]:
-    """The first `max_docs` non-empty docs of a JSONL file, each cut to `max_chars` chars."""
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if len(texts) >= max_docs:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            t = json.loads(line).get("text", "")
-            if t:
-                texts.append(t[:max_chars])
-    return texts
-
-
-@torch.inference_mode()
-def val_bits_per_byte(model, tokenizer, path_or_texts, max_docs: int = 40, max_chars: int = 3000,
-                      max_len: int | None = None) -> float:
-    """Bits per byte over the capped validation docs (see the module docstring)."""
-    texts = path_or_texts if isinstance(path_or_texts, list) else val_texts(path_or_texts, max_docs, max_chars)
-    was_training = model.training
-    model.eval()
-    try:
-        return corpus_bits_per_byte(model, tokenizer, texts, max_len=max_len)
-    finally:
-        model.train(was_training)
+def arithmetic_eval(model, tokenizer, problems: list[dict], **kw) -> ArithResult:
+    """Greedy generations on `problems`, scored (see the module docstring)."""
+    return score(arithmetic_generations(model, tokenizer, problems, **kw), problems)
