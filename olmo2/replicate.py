@@ -258,7 +258,10 @@ def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: R
 
     log("step 3/7: control arm (stage 1 continued for stage 2's step count)")
     control = _fit_model(control, tok)
-    control = control.replace(train=control.train.replace(resume=s1["checkpoint"]))
+    from olmo2.train.state import latest_checkpoint
+    # resume an interrupted control run from its own latest checkpoint, else from stage 1's
+    resume = "auto" if latest_checkpoint(out / "control") else s1["checkpoint"]
+    control = control.replace(train=control.train.replace(resume=resume))
     sc = run_stage(control, out / "control", tok, start_tokens=s1["tokens"])
 
     log(f"step 4/7: stage 2 × {len(stage2)} seeds (anneal on demo text + more arithmetic)")
@@ -347,7 +350,9 @@ def tiny_pipeline_args(out_dir: str | Path, quick: bool = False, split: str = "t
     # stage 1 + control read (N1 + N2) steps of demo text, each anneal N2 more: a sample
     # of twice that keeps the anneal's repeats of stage-1 text moderate
     n1, n2 = STEPS[quick]
-    spec = EvalSpec(split=split, demo_tokens=2 * (n1 + n2) * BATCH * SEQ_LEN)
+    # the dev split (tuning only) is smaller; the report's test split must hold >= 500
+    spec = EvalSpec(split=split, demo_tokens=2 * (n1 + n2) * BATCH * SEQ_LEN,
+                    min_heldout=500 if split == "test" else 200)
     return corpus, s1, ctl, s2, spec
 
 

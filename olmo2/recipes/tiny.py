@@ -40,7 +40,7 @@ STEPS = {False: (500, 120), True: (120, 30)}
 PEAK_LR = 3e-3
 COSINE_CUT = 0.6
 """Fraction of the cosine that stage 1 runs before stopping (the 1B ran 4T of t_max 5e12)."""
-ARITH_SHARE = (0.03, 0.25)
+ARITH_SHARE = (0.05, 0.4)
 """Share of arithmetic tokens in (stage 1 and the control, stage 2)."""
 
 
