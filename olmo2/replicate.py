@@ -223,7 +223,8 @@ def sample_generations(model_dir: Path, tok, prompts: list[str], max_new: int, s
 # ---- the pipeline ---------------------------------------------------------------------
 def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: Recipe, stage2: list[Recipe],
                  spec: EvalSpec = EvalSpec(), data_root: str | Path | None = None,
-                 title: str = "OLMo 2 tiny replication", progress: bool = True) -> PipelineResult:
+                 title: str = "OLMo 2 tiny replication", progress: bool = True,
+                 provenance: str = "") -> PipelineResult:
     """Data → stage 1 → control + stage 2 × seeds → soup → eval → report (module docstring).
 
     The recipes' data mixes must point at `data_root` (default out_dir/data); the pipeline
@@ -311,14 +312,14 @@ def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: R
         "intervals are 95%: Wilson for accuracies; percentile bootstrap over validation passages "
         f"({spec.n_boot} resamples) for bpb, paired (same passages) for differences between models; "
         "they cover evaluation noise only, not training-seed noise (compare the seeds for that)",
-        "knobs (steps, arithmetic shares, LR cut) were chosen on the dev split; this report scores the "
-        f"{spec.split} split" + (" (a tuning run)" if spec.split == "dev" else ""),
+        f"this report scores the {spec.split} split" + (" (a tuning run)" if spec.split == "dev" else "")
+        + (f"; {provenance}" if provenance else ""),
         "final train loss = mean CE of the stage's last 10 steps (stage 2 trains on a different, "
         "arithmetic-richer mix, so its train loss is not comparable with the control's)",
         f"total wall time {time.perf_counter() - t_start:.0f} s, this process's CPU time "
         f"{time.process_time() - c_start:.0f} s",
     ]
-    report, checks = experiment_report(title, evals, runs, base, passages, spec.n_boot, notes,
+    report, checks = experiment_report(f"{title} ({spec.split} split)", evals, runs, base, passages, spec.n_boot, notes,
                                        plot_path=out / "loss_curves.png", stage1_tokens=s1["tokens"])
     report_path = out / "report.md"
     with atomic_file(report_path) as f:
@@ -372,8 +373,10 @@ def replicate(recipe: str = "tiny", out_dir: str | Path | None = None, quick: bo
                          f"(the published recipes need a cluster: use `olmo2 train --recipe olmo2_1b_stage1`)")
     out_dir = Path(out_dir or default_out(recipe, quick))
     corpus, s1, ctl, s2, spec = REPLICATIONS[recipe](out_dir, quick, split)
+    from olmo2.recipes.tiny import PROVENANCE
     return run_pipeline(out_dir, corpus, s1, ctl, s2, spec, data_root=out_dir / "data",
-                        title=f"OLMo 2 {recipe} replication{' (quick)' if quick else ''}")
+                        title=f"OLMo 2 {recipe} replication{' (quick)' if quick else ''}",
+                        provenance=PROVENANCE)
 
 
 def print_result(res: PipelineResult) -> None:

@@ -102,5 +102,9 @@ def paired_bpb_diff(nll_a: Sequence[float], nll_b: Sequence[float], n_bytes: Seq
 
 
 def fmt_interval(est: float, lo: float, hi: float, fmt: str = ".4f") -> str:
-    """'est [lo, hi]' for the report."""
-    return f"{format(est, fmt)} [{format(lo, fmt)}, {format(hi, fmt)}]"
+    """'est [lo, hi]' for the report; values too small for `fmt` switch to 2-digit scientific
+    notation, so a tiny but consistent difference never prints as '-0.0000 [-0.0000, -0.0000]'."""
+    def f(x: float) -> str:
+        s = format(x, fmt)
+        return s if x == 0 or s.strip("-+0.") else format(x, ".1e")
+    return f"{f(est)} [{f(lo)}, {f(hi)}]"

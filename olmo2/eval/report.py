@@ -74,7 +74,7 @@ def experiment_checks(evals: dict, baselines: list, n_boot: int = 2000) -> tuple
         return _pct_ci(sum(h) / len(h), *wilson(sum(h), len(h)))
 
     checks = [
-        Check("(a) the anneal lowers test bpb vs the control arm (same tokens, stage 1 continued)",
+        Check("(a) the anneal lowers validation bpb vs the control arm (same tokens, stage 1 continued)",
               all(d_bpb[n][2] < 0 for n in anneals),
               "; ".join(f"{n} − control {fmt_interval(*d_bpb[n])} bpb" for n in anneals + [soup])
               + " (PASS needs every ingredient's interval below 0)"),
@@ -87,7 +87,7 @@ def experiment_checks(evals: dict, baselines: list, n_boot: int = 2000) -> tuple
               "; ".join(f"{n} {acc(n)}" for n in anneals + [soup])
               + f" vs the strongest baseline, {top.name}: {_pct_ci(top.accuracy, *top.ci)} "
                 "(PASS needs each model's lower bound above that baseline's upper bound)"),
-        Check("(d) the soup's test bpb is below the mean of its ingredients'",
+        Check("(d) the soup's validation bpb is below the mean of its ingredients'",
               d_soup[2] < 0,
               f"{soup} − mean of ingredients {fmt_interval(*d_soup)} bpb; vs the best ingredient "
               f"{fmt_interval(*d_best)} (PASS needs the first interval below 0)"),
@@ -106,7 +106,7 @@ def experiment_report(title: str, evals: dict, runs: dict, baselines: list, pass
         out.append(f"- **{'PASS' if c.passed else 'FAIL'}** {c.name}: {c.detail}")
     out += ["", f"{sum(c.passed for c in checks)}/{len(checks)} checks passed. A FAIL means the effect "
             "was not shown at this scale (its interval includes no effect or the wrong sign).", ""]
-    out += ["## Models (test split unless noted)", "",
+    out += ["## Models", "",
             "| model | tokens | final train loss | val bpb [95% CI] | arithmetic exact match [95% CI] "
             "| format rate | wall / CPU time |", "|---|---:|---:|---:|---:|---:|---:|"]
     for n, e in evals.items():
