@@ -1,7 +1,6 @@
 """Demo corpus pipeline on fake, local sources: dedup, split, manifest, atomicity, caching."""
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from olmo2.commands import data_cmds
 from olmo2.data import demo as demo_mod
 from olmo2.data.demo import Doc, build_demo_corpus, dedup, normalize_text, split_docs
 from olmo2.data.sources import (Source, cache_root, clean_rst, extract_boolq, extract_shakespeare,
@@ -250,9 +248,8 @@ def test_cli_verb(tmp_path, capsys, monkeypatch):
     real = build_demo_corpus
     monkeypatch.setattr(demo_mod, "build_demo_corpus",
                         lambda **kw: real(sources=fake_sources({}), min_bytes=10_000, **kw))
-    parser = argparse.ArgumentParser(prog="olmo2")
-    data_cmds.register(parser.add_subparsers(dest="cmd"))
-    assert data_cmds.DATA_SUBPARSERS is not None and "demo" in data_cmds.DATA_SUBPARSERS.choices
+    from olmo2.cli import build_parser
+    parser = build_parser()  # the real CLI, where `data demo` must be registered
     args = parser.parse_args(["data", "demo", "--cache-dir", str(tmp_path), "--vocab-size", "300"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from olmo2.commands.model_cmds import STORED_DTYPES
 from olmo2.commands import HelpFormatter
+from olmo2.commands.model_cmds import STORED_DTYPES
 from olmo2.errors import Olmo2Error
 
 
