@@ -185,9 +185,9 @@ def _corrupt_reason(comp: str, e: BaseException) -> str:
     detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
     if isinstance(e, gzip.BadGzipFile):
         return (f"not gzip data ({detail}); rename the file without .gz if it is not compressed, "
-                "or recompress it; the rest of the file was skipped")
+                "or recompress it; nothing after this point can be read")
     return (f"truncated or corrupt .{comp} data ({detail}); re-download or recompress the file; "
-            "the rest of the file was skipped")
+            "nothing after this point can be read")
 
 
 def iter_documents(path: str, text_field: str = "text"):
