@@ -65,8 +65,12 @@ def test_native_and_hf_backends_give_identical_results(ckpt, shared_data, tmp_pa
     assert [p["output"] for p in pa] == [p["output"] for p in pb]
 
 
-def test_chat_variant_uses_the_template(ckpt, shared_data, tmp_path):
-    assert _run(ckpt, tmp_path / "c", shared_data, "--chat", limit=1) == 0
+def test_chat_variant_uses_the_template(ckpt, shared_data, tmp_path, capsys):
+    assert main(["eval", "--model", str(ckpt), "--tasks", "gsm8k,truthfulqa", "--limit", "1", "--chat",
+                 "--max-new-tokens", "8", "--data-dir", str(shared_data), "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err  # the progress line: examples/s and ETA per task
+    assert "gsm8k::tulu | 1/1 (100%)" in err and "truthfulqa::tulu | 1/1 (100%)" in err
+    assert err.count("examples/s") >= 4 and "ETA" in err
     res = json.loads((tmp_path / "c" / "results.json").read_text())
     assert res["tasks"]["gsm8k"]["task"] == "gsm8k::tulu" and res["tasks"]["truthfulqa"]["task"] == "truthfulqa::tulu"
     g = json.loads((tmp_path / "c" / "gsm8k" / "predictions.jsonl").read_text().splitlines()[0])

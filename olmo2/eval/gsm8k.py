@@ -182,7 +182,7 @@ def run_gsm8k(backend, opts, items: list[GSM8KItem] | None = None):
                              lambda s: len(backend.encode(s)), backend.max_length - max_new, f"gsm8k item {it.idx}")
         dropped += d > 0
         contexts.append(ctx)
-    prog = Progress(len(items), name, "problems", enabled=opts.progress)
+    prog = Progress(len(items), name, "examples", enabled=opts.progress)
     outputs = backend.generate_until(contexts, stops, max_new, prog)
     prog.close()
     acc, fmt_fail, preds = [], [], []

@@ -65,3 +65,20 @@ def metric_of(name: str, values: list[float]) -> Metric:
     """A Metric from per-item values."""
     mu, se = mean_stderr(values)
     return Metric(name, mu, se, len(values))
+
+
+class ExampleProgress:
+    """Shows a request-level job in examples: `update(n_requests)` advances the line by the
+    examples those requests are worth (choices of one example are scored in length order,
+    not example by example, so this is the examples-equivalent rate, with its ETA)."""
+
+    def __init__(self, n_examples: int, n_requests: int, desc: str, enabled: bool = True):
+        from olmo2.progress import Progress
+        self.inner = Progress(n_examples, desc, "examples", enabled=enabled)
+        self.per_request = n_examples / max(n_requests, 1)
+
+    def update(self, n_requests: int = 1) -> None:
+        self.inner.update(n_requests * self.per_request)
+
+    def close(self) -> None:
+        self.inner.close()

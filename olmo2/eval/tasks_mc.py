@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from olmo2.errors import DataError
 from olmo2.eval import mc_prompts
 from olmo2.eval.scoring import LoglikRequest
-from olmo2.eval.task_types import EvalOptions, TaskOutput, metric_of
+from olmo2.eval.task_types import EvalOptions, ExampleProgress, TaskOutput, metric_of
 
 UNCOND_OFFSET = 1_000_000
 
@@ -176,13 +176,12 @@ def _score_format(backend, f: MCFormat, items: tuple[MCItem, ...], progress) -> 
 
 def run_mc_task(backend, opts: EvalOptions, task: str, formats: dict[str, MCFormat]) -> TaskOutput:
     """RC and MC scores of one benchmark; primary = the better format's primary metric."""
-    from olmo2.progress import Progress
     metrics, best, per_fmt = [], None, {}
     for fmt in ("rc", "mc"):
         f = formats[fmt]
         items = f.items[:opts.limit] if opts.limit is not None else f.items
         n_req = sum(len(it.requests) + len(it.uncond) for it in items)
-        prog = Progress(n_req, f"{task}:{fmt}", "requests", enabled=opts.progress)
+        prog = ExampleProgress(len(items), n_req, f"{task}:{fmt}", enabled=opts.progress)
         vals, preds = _score_format(backend, f, items, prog)
         prog.close()
         for k, v in vals.items():

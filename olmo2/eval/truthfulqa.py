@@ -29,7 +29,7 @@ from pathlib import Path
 from olmo2.errors import DataError
 from olmo2.eval.scoring import LoglikRequest
 from olmo2.eval.shots import fit_context
-from olmo2.eval.task_types import EvalOptions, TaskOutput, metric_of
+from olmo2.eval.task_types import EvalOptions, ExampleProgress, TaskOutput, metric_of
 
 # The original TruthfulQA QA primer (Lin et al. 2021), as OLMES `Original:TruthfulQA`.
 QA_PRIMER: tuple[tuple[str, str], ...] = (
@@ -131,7 +131,6 @@ def mc2_score(true_lls: list[float], false_lls: list[float]) -> float:
 
 def run_truthfulqa(backend, opts: EvalOptions, items: list[TQAItem] | None = None) -> TaskOutput:
     """Score MC1 and MC2 for every item (or the first opts.limit)."""
-    from olmo2.progress import Progress
     if items is None:
         local = opts.data_dir / "truthfulqa" / "mc_task.json" if opts.data_dir else None
         items = load_truthfulqa(local) if local and local.exists() else _hf_items()
@@ -155,7 +154,7 @@ def run_truthfulqa(backend, opts: EvalOptions, items: list[TQAItem] | None = Non
         start = len(reqs)
         reqs += [LoglikRequest(ctx, prefix + c) for c, _ in it.mc1 + it.mc2]
         spans.append((start, len(it.mc1), len(it.mc2)))
-    prog = Progress(len(reqs), f"{name}", "choices", enabled=opts.progress)
+    prog = ExampleProgress(len(items), len(reqs), name, enabled=opts.progress)
     lls = [r.logprob for r in backend.loglikelihood(reqs, prog)]
     prog.close()
     mc1_vals, mc2_vals, preds = [], [], []
