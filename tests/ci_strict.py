@@ -32,6 +32,7 @@ REGISTRY_ONLY_REASONS = (
     "could not import 'httpx'",
     "could not import 'jsonschema'",
     "could not import 'selenium.webdriver'",
+    "could not import 'schemathesis'",
 )
 
 
