@@ -2,37 +2,30 @@
 invalid, to every route must never get a 5xx; small max_tokens keep generation short."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("xgrammar")
 schemathesis = pytest.importorskip("schemathesis")
+pytest.importorskip("schemathesis.pytest")
 hypothesis = pytest.importorskip("hypothesis")
 
 from olmo2.serve.app import ServeConfig, create_app
 from olmo2.serve.engine import EngineConfig
-from serve_fixtures import make_tiny_checkpoint
+from serve_fixtures import serve_ckpt  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-def _app():
-    from olmo2.data.sources import dolma2_tokenizer_path
-    out = Path(tempfile.gettempdir()) / "olmo2-serve-schemathesis" / "tiny"   # built at collection, reused
-    if not (out / "config.json").exists():
-        make_tiny_checkpoint(out, dolma2_tokenizer_path())
-    # default_max_tokens small: generated bodies often omit max_tokens.
-    return create_app(ServeConfig(model=str(out), default_max_tokens=4, engine=EngineConfig(max_batch=4)),
-                      load_in_background=False)
+@pytest.fixture(scope="module")
+def api_schema(serve_ckpt):
+    # Built lazily (a fixture, not at import): collecting the suite must not load a model.
+    app = create_app(ServeConfig(model=str(serve_ckpt), default_max_tokens=4, engine=EngineConfig(max_batch=4)),
+                     load_in_background=False)   # default_max_tokens small: generated bodies often omit it
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-try:
-    schema = schemathesis.openapi.from_asgi("/openapi.json", _app())
-except Exception as e:  # the dolma2 tokenizer needs PyPI once; skip like the other serve tests
-    pytest.skip(f"dolma2 tokenizer unavailable: {e}", allow_module_level=True)
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
