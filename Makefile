@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Tokenize the offline demo corpus, pretrain, anneal x3 seeds, soup, evaluate, report,
-# print generations, and leave an HF checkpoint that `olmo2 chat` loads.
+# Tokenize the offline demo corpus, pretrain, run the control arm and the anneal x2 seeds,
+# soup, evaluate on the held-out test split with 95% intervals, report, print generations,
+# and leave an HF checkpoint that `olmo2 chat` loads. Budget: < 10 min on any 2-core CPU.
 demo: setup
 	$(VENV)/bin/olmo2 replicate --recipe tiny
 
