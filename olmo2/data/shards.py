@@ -17,6 +17,9 @@ Footguns:
 - A shard is complete only if its `.json` record exists and the `.npy` has the recorded
   token count. Deleting a `.npy` makes the next `tokenize` run redo just that shard.
 - `.idx.npy` files also end in `.npy`: use `list_shards()` rather than a bare `*.npy` glob.
+- A directory written by a job array is read only when every part's metadata file is there
+  (`check_parts_complete`): until then `load_metadata`/`list_shards`/the loader refuse it and
+  name the missing --shard-index values.
 - Token files are written streaming, with a fixed 128-byte npy header that is patched with
   the real length at the end, so memory stays constant however large a shard is.
 """
