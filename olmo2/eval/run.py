@@ -52,9 +52,9 @@ def _gsm8k_run(backend, opts, loaded):
 
 
 def _tqa_load(opts):
-    from olmo2.eval.truthfulqa import _hf_items, load_truthfulqa
+    from olmo2.eval.truthfulqa import hf_items, load_truthfulqa
     local = opts.data_dir / "truthfulqa" / "mc_task.json" if opts.data_dir else None
-    return load_truthfulqa(local) if local is not None and local.exists() else _hf_items()
+    return load_truthfulqa(local) if local is not None and local.exists() else hf_items()
 
 
 def _tqa_run(backend, opts, items):

@@ -104,7 +104,7 @@ def load_truthfulqa(path: Path) -> list[TQAItem]:
     return items
 
 
-def _hf_items() -> list[TQAItem]:
+def hf_items() -> list[TQAItem]:
     try:
         import datasets  # optional, online
     except ImportError:
@@ -133,7 +133,7 @@ def run_truthfulqa(backend, opts: EvalOptions, items: list[TQAItem] | None = Non
     """Score MC1 and MC2 for every item (or the first opts.limit)."""
     if items is None:
         local = opts.data_dir / "truthfulqa" / "mc_task.json" if opts.data_dir else None
-        items = load_truthfulqa(local) if local and local.exists() else _hf_items()
+        items = load_truthfulqa(local) if local and local.exists() else hf_items()
     if opts.limit is not None:
         items = items[:opts.limit]
     name = "truthfulqa::tulu" if opts.chat else "truthfulqa::olmo1"
