@@ -99,3 +99,11 @@ def test_greedy_generation_matches_hf(ckpt):
     b = hf.generate_until(prompts, stops=["\n\n", "Question:"], max_new_tokens=12)
     assert a == b and all(isinstance(x, str) for x in a)
     assert not any("\n\n" in x or "Question:" in x for x in a)
+
+
+def test_auto_batch_size_bounds_tokens_and_logits():
+    from olmo2.eval.scoring import AUTO_LOGITS_BYTES, rows_per_step
+    assert rows_per_step(8, 100, 100352) == 8
+    rows = rows_per_step("auto", 35, 100352)  # dolma2 vocab: the logits bound, not the token budget
+    assert rows * 35 * 100352 * 8 <= AUTO_LOGITS_BYTES and (rows + 1) * 35 * 100352 * 8 > AUTO_LOGITS_BYTES - 35 * 100352 * 8
+    assert rows_per_step("auto", 35, 320) == 16384 // 35 and rows_per_step("auto", 10**6) == 1

@@ -159,7 +159,8 @@ class NativeBackend:
         rows = 0
         with torch.inference_mode():
             for ctx, idx in order:
-                limit = rows_per_step(self.batch_size, len(ctx) - len(prefix) + max(len(encoded[i][1]) for i in idx))
+                limit = rows_per_step(self.batch_size, len(ctx) - len(prefix) + max(len(encoded[i][1]) for i in idx),
+                                      self.model.config.vocab_size)
                 if batch and rows + len(idx) > limit:
                     self._score_groups(prefix, batch, encoded, out, progress)
                     batch, rows = [], 0

@@ -33,6 +33,9 @@ from olmo2.errors import GenerationError, Olmo2Error
 
 BACKENDS = ("native", "hf")
 AUTO_TOKEN_BUDGET = 16384  # --batch-size auto: context+continuation tokens per scoring step
+# Scoring keeps fp32 logits and their log-softmax for every token of a step: [tokens, vocab]
+# twice. With dolma2's 100k vocabulary this, not the model, bounds a step (~2k tokens per GiB).
+AUTO_LOGITS_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -92,10 +95,14 @@ def weights_sha256(model_dir: str) -> str:
     return h.hexdigest()
 
 
-def rows_per_step(batch_size: int | str, seq_len: int) -> int:
-    """Rows per forward: the given batch size, or for 'auto' a token budget / sequence length."""
+def rows_per_step(batch_size: int | str, seq_len: int, vocab_size: int | None = None) -> int:
+    """Rows per forward: the given batch size, or for 'auto' a token budget / sequence length
+    (with `vocab_size`, also what keeps [tokens, vocab] fp32 logits ×2 within AUTO_LOGITS_BYTES)."""
     if batch_size == "auto":
-        return max(1, AUTO_TOKEN_BUDGET // max(seq_len, 1))
+        budget = AUTO_TOKEN_BUDGET
+        if vocab_size:
+            budget = min(budget, AUTO_LOGITS_BYTES // (8 * vocab_size))
+        return max(1, budget // max(seq_len, 1))
     return int(batch_size)
 
 
@@ -131,7 +138,7 @@ class HFBackend:
                 if seq0 > self.max_length:
                     raise GenerationError(f"eval request {order[s]}: {seq0} tokens exceed the model context "
                                           f"{self.max_length}; use fewer shots or a longer-context model")
-                chunk = order[s:s + rows_per_step(self.batch_size, seq0)]
+                chunk = order[s:s + rows_per_step(self.batch_size, seq0, self.model.config.vocab_size)]
                 s += len(chunk)
                 seqs = [(encoded[i][0] + encoded[i][1])[:-1] for i in chunk]
                 L = max(len(q) for q in seqs)
