@@ -150,3 +150,16 @@ def test_queue_full_is_429(serve_ckpt):
         waiting.join(60)    # leaving the stream disconnected the first client: the queued one ran
         assert not waiting.is_alive()
         assert httpx.post(srv.url + "/v1/chat/completions", json=OK_CHAT).status_code == 200
+
+
+def test_cli_flag_errors_are_one_line(tmp_path, capsys):
+    from olmo2.cli import main
+    for argv, needle in ((["--port", "70000"], "--port"), (["--max-batch", "0"], "--max-batch"),
+                         (["--api-key", " "], "--api-key")):
+        assert main(["serve", "--model", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert "no such checkpoint directory" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path)]) == 2          # a directory without config.json
+    assert "no config.json" in capsys.readouterr().err

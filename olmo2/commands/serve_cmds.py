@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from olmo2.errors import Olmo2Error
 
@@ -49,6 +50,15 @@ def _check(args) -> None:
         raise Olmo2Error(f"--kv-tokens must be >= 0 (got {args.kv_tokens})")
     if args.api_key is not None and not args.api_key.strip():
         raise Olmo2Error("--api-key must not be empty")
+    # The model loads after the server starts (503 meanwhile), so catch a wrong --model here,
+    # where the user still sees a one-line error instead of a server that never gets ready.
+    p = Path(args.model).expanduser()
+    if p.is_dir():
+        for name in ("config.json", "tokenizer.json"):
+            if not (p / name).exists():
+                raise Olmo2Error(f"{p}: no {name}; give an HF-format checkpoint directory with its tokenizer")
+    elif p.exists() or args.model.startswith((".", "/", "~")) or args.model.count("/") != 1:
+        raise Olmo2Error(f"--model {args.model}: no such checkpoint directory (or hub id owner/name)")
 
 
 def run_serve(args) -> int:
