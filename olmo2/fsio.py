@@ -191,6 +191,23 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         os.close(lock_fd)
 
 
+@contextlib.contextmanager
+def scratch_dir(beside: str | os.PathLike) -> Iterator[Path]:
+    """A locked temp directory beside `beside` (same filesystem, our temp name), deleted on
+    exit; a SIGKILL leaves it to the next write of `beside` (clean_stale_temps)."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(beside.parent, name=beside.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent))
+    fd = os.open(tmp, os.O_RDONLY)
+    _try_lock(fd)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
 _OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
 _TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 

@@ -134,3 +134,21 @@ def test_live_temps_are_left_alone(tmp_path):
     (tmp_path / "user.tmp").write_text("not ours")
     assert [p.name for p in clean_stale_temps(tmp_path)] == [".b.json.abcdefgh.tmp"]
     assert sorted(os.listdir(tmp_path)) == [".hidden.tmp", "a.json", "user.tmp"]
+
+
+def test_scratch_dir_is_locked_while_live_and_soup_cleans_a_dead_one(tmp_path):
+    """Soup exports training-checkpoint ingredients into a locked temp beside --out (it used
+    /tmp, where a killed soup left whole models behind forever)."""
+    from olmo2.fsio import scratch_dir
+    from olmo2.train.loop import train
+    from olmo2.train.soup import soup
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train_loop import MODEL_CFG, ArraySource, cfg, corpus
+    with scratch_dir(tmp_path / "s") as live:
+        assert live.parent == tmp_path and clean_stale_temps(tmp_path) == []
+    assert not live.exists()
+    (tmp_path / ".s.deadbeef.tmp").mkdir()  # what a SIGKILLed soup leaves
+    train(MODEL_CFG, cfg(max_steps=1, save_final=True), ArraySource(corpus(8), 4), tmp_path / "run")
+    ck = tmp_path / "run" / "step-000001"
+    soup([ck, ck], tmp_path / "s", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "s"]

@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,7 +37,7 @@ from olmo2.card import model_card
 from olmo2.checkpoint import SafetensorsFile, _weight_files, plan_shards, resolve, write_weights
 from olmo2.config import ModelConfig
 from olmo2.errors import CheckpointError, Olmo2Error
-from olmo2.fsio import atomic_dir
+from olmo2.fsio import atomic_dir, scratch_dir
 from olmo2.progress import Progress
 
 #: config.json keys that decide tensor shapes and the computation; they must all agree.
@@ -95,24 +94,22 @@ def _open_all(d: Path) -> dict[str, SafetensorsFile]:
 
 
 @contextlib.contextmanager
-def _as_hf_dirs(paths: list[str | os.PathLike]):
-    """Resolve inputs to HF dirs, exporting training checkpoints to a temp dir first."""
-    tmp = None
-    out = []
-    try:
+def _as_hf_dirs(paths: list[str | os.PathLike], out: Path):
+    """Resolve inputs to HF dirs, exporting training checkpoints first into a scratch dir
+    beside `out` (a killed soup's exports are removed by the next write of `out`)."""
+    with contextlib.ExitStack() as stack:
+        tmp = None
+        dirs = []
         for i, p in enumerate(paths):
             d = Path(p)
             if (d / "train_state.json").exists() and not (d / "config.json").exists():
                 from olmo2.train.state import export_hf
-                tmp = tmp or Path(tempfile.mkdtemp(prefix="olmo2-soup-"))
+                tmp = tmp or stack.enter_context(scratch_dir(out))
                 d = export_hf(d, tmp / f"ingredient-{i}")
             else:
                 d = resolve(p)
-            out.append(d)
-        yield out
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            dirs.append(d)
+        yield dirs
 
 
 def soup(checkpoints: list[str | os.PathLike], out_dir: str | os.PathLike, weights: list[float] | None = None,
@@ -122,7 +119,7 @@ def soup(checkpoints: list[str | os.PathLike], out_dir: str | os.PathLike, weigh
         raise Olmo2Error("soup needs at least one checkpoint")
     w = normalise_weights(len(checkpoints), weights)
     out = Path(out_dir)
-    with _as_hf_dirs(checkpoints) as dirs:
+    with _as_hf_dirs(checkpoints, out) as dirs:
         check_configs(dirs)
         readers = [_open_all(d) for d in dirs]
         names = list(readers[0])
