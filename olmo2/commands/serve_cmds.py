@@ -2,6 +2,7 @@
 
     olmo2 serve --model runs/replicate-tiny/soup                  # http://127.0.0.1:8000
     olmo2 serve --model DIR --api-key "$KEY" --max-batch 32 --port 9000
+    olmo2 serve --model DIR --trace runs/trace-demo               # + POST /v1/trace, trace buttons
 
 Binds loopback unless --host says otherwise: the server has no TLS, and with no
 --api-key anyone who can reach the port can use it. fastapi/uvicorn/xgrammar are imported
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0 = torch's default); 1 is faster on a busy machine")
+    p.add_argument("--trace", default=None, metavar="INDEX",
+                   help="trace index (`olmo2 trace index`): adds POST /v1/trace and a trace button on the chat page")
     p.set_defaults(func=run_serve)
 
 
@@ -77,10 +80,10 @@ def run_serve(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     cfg = ServeConfig(model=args.model, model_name=args.model_name, api_key=args.api_key, dtype=args.dtype,
-                      max_body_bytes=args.max_body_kb * 1024,
+                      max_body_bytes=args.max_body_kb * 1024, trace=args.trace,
                       engine=EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
                                           kv_tokens=args.kv_tokens, kv_mb=args.kv_mb, kv_int8=args.kv_int8))
-    app = create_app(cfg)
+    app = create_app(cfg)  # opens --trace first: a bad index is a one-line error before listening
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)

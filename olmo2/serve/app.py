@@ -5,7 +5,12 @@
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`,
 `GET /health`, `GET /metrics` (Prometheus text), `POST /tokenize`, `POST /detokenize`,
-the chat page at `/`, and FastAPI's `/openapi.json` and `/docs`.
+`POST /v1/trace` (with `ServeConfig.trace`: the JSON of `olmo2 trace query --json`; it
+uses the index's own tokenizer and needs no model), the chat page at `/`, and FastAPI's
+`/openapi.json` and `/docs`.
+
+Footgun: the trace index is opened (and checked) in `create_app`, before the server
+listens, so a bad index is a one-line `DataError` at startup, not a broken route.
 
 The model loads in a background thread after the server starts listening: until it is
 ready `/health` and every model route answer 503, so a supervisor sees the process alive
@@ -35,7 +40,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from olmo2.serve.engine import Engine, EngineConfig
-from olmo2.serve.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from olmo2.serve.schemas import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+                                 TraceRequest)
 
 log = logging.getLogger("olmo2.serve")
 STATIC = Path(__file__).with_name("static")
@@ -56,6 +62,8 @@ class ServeConfig:
     """Request bodies above this are refused with 413."""
     default_max_tokens: int = 512
     """max_tokens when the request gives none (capped by the context left)."""
+    trace: str | None = None
+    """Trace index directory (`olmo2 trace index`); enables `POST /v1/trace` and the page's trace button."""
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -167,6 +175,10 @@ def create_app(cfg: ServeConfig, load_in_background: bool = True) -> FastAPI:
     from olmo2.serve import openai_routes
 
     state = State(cfg)
+    trace_index, trace_lock = None, threading.Lock()
+    if cfg.trace:
+        from olmo2.trace.store import open_index
+        trace_index = open_index(cfg.trace)  # raises a one-line DataError for a bad index
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -291,6 +303,20 @@ def create_app(cfg: ServeConfig, load_in_background: bool = True) -> FastAPI:
         if bad is not None:
             raise ApiError(400, f"tokens: id {bad} is outside the vocabulary (0..{V - 1})", param="tokens")
         return {"prompt": state.tok.decode(body.tokens)}
+
+    @app.post("/v1/trace", dependencies=[Depends(auth)])
+    def trace(body: TraceRequest):
+        # A plain `def`: FastAPI runs it in its threadpool, so span search never blocks the
+        # event loop; the lock serialises searches (the index loads labels lazily, and
+        # parallel searches on 2 cores would only slow generation down further).
+        if trace_index is None:
+            raise ApiError(404, "this server has no trace index; start it with `olmo2 serve --trace INDEX`",
+                           "not_found_error", code="trace_not_enabled")
+        from olmo2.trace.rank import trace_text
+        with trace_lock:
+            res = trace_text(trace_index, body.text, max_count=body.max_count, max_docs=body.max_docs,
+                             context=body.context)
+        return res.to_dict()
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():

@@ -84,3 +84,15 @@ class TokenizeRequest(_Body):
 class DetokenizeRequest(_Body):
     model: StrictStr | None = None
     tokens: list[Annotated[StrictInt, Field(ge=0)]]
+
+
+class TraceRequest(_Body):
+    """`POST /v1/trace` (only with `olmo2 serve --trace INDEX`): the text to trace."""
+
+    text: StrictStr
+    max_count: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
+    """Keep spans occurring at most this many times in the corpus."""
+    max_docs: Annotated[StrictInt, Field(ge=1, le=100)] = 10
+    """Documents listed per span."""
+    context: Annotated[StrictInt, Field(ge=0, le=1000)] = 250
+    """Context tokens each side of a span in each document."""
