@@ -18,8 +18,11 @@ Pipeline (`run_pipeline`), each step skipped when its output already exists:
             - ≥ 500 distinct held-out arithmetic problems: exact match with Wilson
               intervals, format rate, and the trivial baselines on the same problems
 7. report   `report.md` (tables, checks with figures and intervals, PASS/FAIL computed by
-            `olmo2.eval.report.experiment_checks`), `loss_curves.png`, `results.json`; then
-            sample generations from the soup.
+            `olmo2.eval.report.experiment_checks`), `loss_curves.png`, `results.json`; sample
+            generations from every model, and the memorisation section: the share of each
+            sample covered by verbatim training spans of >= 8 tokens, per model (a trace index
+            over the run's token shards, `trace-index/`, built once: seconds for the demo
+            sample; `olmo2.trace.memorised_fractions`).
 
 `run_pipeline` takes the corpus, recipes and eval sizes as arguments, so a test runs the
 very same code on a tiny synthetic corpus in seconds. Footgun: a stage is "done" when its
@@ -220,6 +223,43 @@ def sample_generations(model_dir: Path, tok, prompts: list[str], max_new: int, s
     return out
 
 
+MEMO_MIN_LEN = 8
+"""Tokens a verbatim training span needs to count as memorised (OLMoTrace's spans are longer)."""
+
+
+def memorisation(index_dir: Path, data_dirs: list[Path], samples: dict[str, list[dict]],
+                 progress: bool = True) -> dict:
+    """Per model, the memorised fraction of each sample generation (greedy, sampled per prompt).
+
+    Builds (or reuses: finished shards are skipped) a trace index over `data_dirs`, the
+    token shards the models were trained on, and scores every sample against it."""
+    from olmo2.trace import memorised_fractions, open_index
+    from olmo2.trace.index import build_index
+    build_index([str(d) for d in data_dirs], index_dir, progress=progress)
+    index = open_index(index_dir)
+    out = {"min_len": MEMO_MIN_LEN, "index": str(index_dir), "corpus_tokens": index.total_tokens, "models": {}}
+    for name, rows in samples.items():
+        texts = [r[m] for r in rows for m in ("greedy", "sampled")]
+        fr = memorised_fractions(index, texts, MEMO_MIN_LEN)
+        out["models"][name] = {"fractions": fr, "mean": sum(fr) / len(fr) if fr else 0.0}
+    return out
+
+
+def memorisation_section(memo: dict, prompts: list[str]) -> str:
+    """The report.md section for `memorisation`'s result: one row per model, one column per sample."""
+    cols = [f"{i + 1} {m}" for i in range(len(prompts)) for m in ("greedy", "sampled")]
+    lines = ["", f"## Memorisation (verbatim training spans of >= {memo['min_len']} tokens)", "",
+             f"Share of each sample generation's tokens inside a span of >= {memo['min_len']} tokens that occurs "
+             f"verbatim in the training shards (trace index of {memo['corpus_tokens']:,} tokens, "
+             f"`{Path(memo['index']).name}/`): 0 = nothing copied, 1 = copied whole. Trace a sample with "
+             f"`olmo2 trace query --index {memo['index']} --text ...`. Prompts: "
+             + "; ".join(f"{i + 1} = {p!r}" for i, p in enumerate(prompts)) + ".", "",
+             "| model | " + " | ".join(cols) + " | mean |", "|---" * (len(cols) + 2) + "|"]
+    for name, m in memo["models"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{f:.2f}" for f in m["fractions"]) + f" | {m['mean']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the pipeline ---------------------------------------------------------------------
 def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: Recipe, stage2: list[Recipe],
                  spec: EvalSpec = EvalSpec(), data_root: str | Path | None = None,
@@ -321,14 +361,18 @@ def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: R
     ]
     report, checks = experiment_report(f"{title} ({spec.split} split)", evals, runs, base, passages, spec.n_boot, notes,
                                        plot_path=out / "loss_curves.png", stage1_tokens=s1["tokens"])
+    prompts = list(spec.sample_prompts) + ["Question: " + problems[0]["question"] + "\nAnswer:"]
+    per_model = {n: sample_generations(Path(d), tok, prompts, spec.sample_new_tokens) for n, d in zip(names, dirs)}
+    samples = per_model[names[-1]]  # the soup's: what print_result shows
+    memo = memorisation(out / "trace-index", [data_root / "demo", data_root / "arith"], per_model, progress)
+    report += memorisation_section(memo, prompts)
     report_path = out / "report.md"
     with atomic_file(report_path) as f:
         f.write(report)
-    samples = sample_generations(soup_dir, tok, list(spec.sample_prompts) + [
-        "Question: " + problems[0]["question"] + "\nAnswer:"], spec.sample_new_tokens)
     results = {"evals": {n: {k: v for k, v in e.items() if k not in ("nll", "bytes", "hits")}
                          for n, e in evals.items()},
                "checks": [c.__dict__ for c in checks], "samples": samples, "final_model": str(soup_dir),
+               "samples_by_model": per_model, "memorisation": memo,
                "runs": runs, "val_composition": dict(Counter(p.source for p in passages))}
     with atomic_file(out / "results.json") as f:
         json.dump(results, f, indent=2)

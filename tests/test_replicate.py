@@ -41,7 +41,7 @@ def _corpus(tmp_path) -> Corpus:
 
 SPEC = EvalSpec(arith=ArithTask(max_operand=5), arith_train_docs=300, arith_heldout=40, min_heldout=40,
                 val_bytes=4000, val_max_chars=200, n_boot=200, sample_prompts=("the king",),
-                sample_new_tokens=4)
+                sample_new_tokens=12)  # > the memorisation span length (8), so the figure can be non-zero
 
 
 def test_pipeline_structure(tmp_path):
@@ -85,6 +85,18 @@ def test_pipeline_structure(tmp_path):
     m = load_model(res.final_model)
     assert m.config.vocab_size % 128 == 0 and (out / "soup" / "tokenizer.json").exists()
     assert train_text.count("\n") == 300
+    # memorisation: per model, each sample's share in verbatim training spans of >= 8 tokens
+    memo = results["memorisation"]
+    assert list(memo["models"]) == list(results["evals"]) and memo["min_len"] == 8
+    for m in memo["models"].values():
+        assert len(m["fractions"]) == 2 * 2 and all(0.0 <= f <= 1.0 for f in m["fractions"])
+        assert m["mean"] == pytest.approx(sum(m["fractions"]) / 4)
+    assert "## Memorisation" in report and "| soup of 2 | " in report
+    assert results["samples"] == results["samples_by_model"]["soup of 2"]
+    # the index covers the training shards: a training document scores 1.0, words it never saw 0.0
+    from olmo2.trace import memorised_fractions
+    planted = json.loads(train_text.splitlines()[0])["text"]
+    assert memorised_fractions(out / "trace-index", [planted, "queen sea " * 8]) == [1.0, 0.0]
     # idempotent: a rerun reuses every stage and gives the same figures
     res2 = run_pipeline(tmp_path / "run", corpus, s1, ctl, s2, SPEC, data_root=root, progress=False)
     assert [e["bpb"] for e in res2.evals.values()] == [e["bpb"] for e in res.evals.values()]
