@@ -12,10 +12,12 @@ replaced its own input. The rules, for every verb that writes a directory:
 2. A missing or empty `--out` is always fine.
 3. A non-empty `--out` must be something this package wrote, of the kind the verb writes
    (`KINDS`): an HF checkpoint holding only the files `save_model`/`soup` write; a demo
-   corpus holding only what `data demo` writes (it is rebuilt as a whole); a training
+   corpus holding only what `data demo` writes (it is rebuilt as a whole); an eval run
+   holding only results.json and <task>/predictions.jsonl (also replaced whole); a training
    run directory; a token-shard directory; a replication directory. Anything else is refused,
    `--force` or not: we never delete files we did not write.
-4. Replacing an existing HF checkpoint (`kind="hf"`) needs `force=True` (`--force`); the
+4. Replacing an existing HF checkpoint (`kind="hf"`) or eval run (`kind="eval"`) needs
+   `force=True` (`--force`); the
    replacement is atomic (`olmo2.fsio.atomic_dir`). Run, shard and replication directories
    are not replaced but continued (resume), so they need no flag.
 
@@ -49,12 +51,14 @@ _SHARD_MARKERS = re.compile(r"^(metadata(\.part-\d+-of-\d+)?\.json|f\d{5}(-\d{5}
                             r"\.olmo2-tokenize\..*)$")
 # Entries that mark an `olmo2 trace index` directory.
 _TRACE_MARKERS = re.compile(r"^(index\.json|shards)$")
+# An `olmo2 eval` run: results.json and one <task>/predictions.jsonl per task (replaced whole).
+_EVAL_TASK_DIR = re.compile(r"^[a-z0-9_]+$")
 # Entries that mark an `olmo2 replicate` directory.
 _REPLICATE_MARKERS = re.compile(r"^(data|stage1|stage2-seed\d+|soup|report\.md|results\.json)$")
 
 KINDS = {"hf": "an HF checkpoint", "demo": "a demo corpus", "run": "a training run directory",
          "shards": "a token-shard directory", "replicate": "an olmo2 replicate directory",
-         "trace": "an olmo2 trace index"}
+         "trace": "an olmo2 trace index", "eval": "an olmo2 eval run directory"}
 
 
 def _entries(d: Path) -> list[str]:
@@ -74,6 +78,10 @@ def _is_ours(d: Path, kind: str) -> bool:
         return is_hf_checkpoint(d)
     if kind == "demo":
         return all(_DEMO_FILES.match(n) for n in names)
+    if kind == "eval":  # replaced whole, so every entry must be one eval writes
+        return "results.json" in names and all(
+            n == "results.json" or (_EVAL_TASK_DIR.match(n) and (d / n).is_dir()
+                                    and os.listdir(d / n) == ["predictions.jsonl"]) for n in names)
     marker = {"run": _RUN_MARKERS, "shards": _SHARD_MARKERS, "replicate": _REPLICATE_MARKERS,
               "trace": _TRACE_MARKERS}[kind]
     return any(marker.match(n) for n in names)
@@ -116,7 +124,8 @@ def check_out(out: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathL
     if not _is_ours(path, kind):
         raise OutputError(f"{flag} {path} is not empty and is not {KINDS[kind]} written by olmo2; "
                           f"nothing was written: choose a new or empty directory")
-    if kind == "hf" and not force:
-        raise OutputError(f"{flag} {path} already holds a checkpoint; pass --force to replace it "
+    if kind in ("hf", "eval") and not force:
+        what = "a checkpoint" if kind == "hf" else "an eval run"
+        raise OutputError(f"{flag} {path} already holds {what}; pass --force to replace it "
                           f"(atomically) or choose another directory")
     return path

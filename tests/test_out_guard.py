@@ -161,3 +161,22 @@ def test_demo_cache_with_foreign_files_is_refused(tmp_path, capsys):
     assert main(["data", "demo", "--cache-dir", str(tmp_path / "cache"), "--force"]) == 2
     one_error_line(capsys, demo)
     assert (demo / "thesis.txt").read_text() == "x"
+
+
+def test_eval_run_dir_rules(tmp_path):
+    """An eval run is replaced whole: only a pure one (results.json + <task>/predictions.jsonl)
+    may be replaced, and only with --force; a user file anywhere inside makes it foreign."""
+    run = tmp_path / "ev"
+    (run / "gsm8k").mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    (run / "gsm8k" / "predictions.jsonl").write_text("")
+    with pytest.raises(OutputError, match="--force"):
+        check_out(run, "eval")
+    assert check_out(run, "eval", force=True) == run
+    (run / "gsm8k" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        check_out(run, "eval", force=True)
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(OutputError, match="is inside the input"):
+        check_out(model / "eval", "eval", inputs=[model])

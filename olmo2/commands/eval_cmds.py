@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: override the task's limit")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     p.add_argument("--out", help="run directory to write (results.json, <task>/predictions.jsonl)")
+    p.add_argument("--force", action="store_true", help="replace an existing eval run in --out (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run_eval_cmd)
     esub = p.add_subparsers(dest="eval_action", metavar="ACTION")
@@ -72,9 +73,9 @@ def run_eval_cmd(args) -> int:
         raise Olmo2Error(f"--limit must be >= 1 (got {args.limit})")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise Olmo2Error(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").exists())):
-        raise Olmo2Error(f"--out {out}: exists and is not an eval run directory; choose a new path")
+    from olmo2.outdir import check_out
+    local_model = [args.model] if Path(args.model).exists() else []
+    out = check_out(args.out, kind="eval", inputs=local_model, force=args.force)
     bs = _batch_size(args.batch_size)
     data_dir = Path(args.data_dir) if args.data_dir else None
     if data_dir is not None and not data_dir.is_dir():
