@@ -16,6 +16,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from olmo2.serve.app import ServeConfig, create_app
 from olmo2.serve.engine import EngineConfig
 from serve_fixtures import REPO, LiveServer, make_tiny_checkpoint
+from test_trace import PLANT, corpus, index  # noqa: F401 (fixtures of the trace button test)
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # Slow: Chromium is a Debian package that .ci/run does not install (apt needs root and ~2 min);
@@ -89,3 +90,34 @@ def test_chat_page_streams_keeps_history_and_stops(tmp_path, dolma2_tokenizer_pa
     if os.environ.get("OLMO2_SAVE_SCREENSHOT") == "1":   # refresh the README's picture on purpose only
         (REPO / "docs").mkdir(exist_ok=True)
         shutil.copy(tmp_path / "page.png", REPO / "docs" / "serve.png")
+
+
+
+def test_trace_button_highlights_spans_and_lists_documents(corpus, index, tmp_path, browser):  # noqa: F811
+    """With --trace, a finished reply gets a trace button; on a reply holding a planted corpus
+    sentence it marks that sentence and lists its documents (the synthetic corpus of test_trace)."""
+    from selenium.webdriver.common.by import By
+
+    from olmo2.cli import main
+    m = tmp_path / "m"
+    assert main(["init", "--preset", "tiny", "--out", str(m), "--tokenizer", corpus[2], "--seed", "1"]) == 0
+    app = create_app(ServeConfig(model=str(m), trace=str(index.path)), load_in_background=False)
+    with LiveServer(app) as srv:
+        b = browser
+        b.get(srv.url + "/")
+        wait_for(lambda: b.find_element(By.ID, "model").text == "m")
+        wait_for(lambda: b.execute_script("return traceOn"))
+        b.find_element(By.ID, "input").send_keys("w1 w2\n")
+        wait_for(lambda: b.execute_script("const m = document.querySelector('.assistant'); return m && m.dataset.state == 'done'"))
+        reply = b.execute_script("return document.querySelector('.assistant').textContent")
+        # a finished reply gets the button (an empty one, which a random model can give, none)
+        assert bool(b.find_elements(By.CSS_SELECTOR, ".assistant + .trace .trace-btn")) == bool(reply)
+        # A reply known to hold a corpus span: the button marks it and lists its documents.
+        text = "w5 " + PLANT + " w7"
+        b.execute_script("const out = bubble('assistant', arguments[0]); out.id = 'planted'; traceButton(out, arguments[0]);"
+                         "out.nextSibling.querySelector('.trace-btn').click();", text)
+        wait_for(lambda: b.find_elements(By.CSS_SELECTOR, "#planted + .trace .trace-result"))
+        assert [e.text for e in b.find_elements(By.CSS_SELECTOR, "#planted mark")] == [PLANT]
+        listed = b.find_element(By.CSS_SELECTOR, "#planted + .trace .trace-result").text
+        assert "licence" in listed and "shard data/f0000" in listed and "offset" in listed
+        assert b.execute_script("return document.getElementById('planted').textContent") == text
