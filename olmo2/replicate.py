@@ -141,6 +141,9 @@ def prepare_data(corpus: Corpus, data_root: Path, spec: EvalSpec, shares: dict[s
         if not demo_src.exists():
             # ~3.9 bytes per token for the demo BPE on this corpus; +10% so targets fit
             proportional_sample(corpus.train_jsonl, demo_src, int(spec.demo_tokens * 3.9 * 1.1), shares)
+        if corpus.manifest_path.exists() and not (raw / "manifest.json").exists():  # per-source licences for `olmo2 trace` beside the sample
+            with atomic_file(raw / "manifest.json", "wb") as w:
+                w.write(corpus.manifest_path.read_bytes())
     for name, src in (("demo", demo_src), ("arith", raw / "arith.jsonl")):
         log(f"tokenizing {src} → {data_root / name}")
         tokenize([str(src)], str(corpus.tokenizer), str(data_root / name), workers=1, progress=progress)
