@@ -50,6 +50,9 @@ class Corpus:
     train_jsonl: Path
     val_jsonl: Path
     tokenizer: Path
+    manifest: Path | None = None
+    """Per-source licences (the demo corpus's manifest.json), copied beside the sampled text
+    so `olmo2 trace` can name each document's licence; None when the corpus has none."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +144,9 @@ def prepare_data(corpus: Corpus, data_root: Path, spec: EvalSpec, shares: dict[s
         if not demo_src.exists():
             # ~3.9 bytes per token for the demo BPE on this corpus; +10% so targets fit
             proportional_sample(corpus.train_jsonl, demo_src, int(spec.demo_tokens * 3.9 * 1.1), shares)
-        if corpus.manifest_path.exists() and not (raw / "manifest.json").exists():  # per-source licences for `olmo2 trace` beside the sample
-            with atomic_file(raw / "manifest.json", "wb") as w:
-                w.write(corpus.manifest_path.read_bytes())
+        if corpus.manifest is not None and corpus.manifest.exists() and not (raw / "manifest.json").exists():
+            with atomic_file(raw / "manifest.json", "wb") as w:  # per-source licences for `olmo2 trace`
+                w.write(corpus.manifest.read_bytes())
     for name, src in (("demo", demo_src), ("arith", raw / "arith.jsonl")):
         log(f"tokenizing {src} → {data_root / name}")
         tokenize([str(src)], str(corpus.tokenizer), str(data_root / name), workers=1, progress=progress)
@@ -391,7 +394,7 @@ def tiny_pipeline_args(out_dir: str | Path, quick: bool = False, split: str = "t
     if demo.tokenizer_path is None:
         raise Olmo2Error("demo corpus has no tokenizer.json; run `olmo2 data demo --vocab-size 8192`")
     root = str(Path(out_dir) / "data")
-    corpus = Corpus(demo.train_path, demo.val_path, demo.tokenizer_path)
+    corpus = Corpus(demo.train_path, demo.val_path, demo.tokenizer_path, demo.manifest_path)
     s1 = tiny_stage1(root, quick=quick)
     ctl = tiny_control(None, root, quick=quick)
     s2 = [tiny_stage2(seed, root, quick=quick) for seed in SEEDS]

@@ -162,3 +162,24 @@ def test_replicate_quick(tmp_path):
     res = replicate("tiny", tmp_path / "q", quick=True)
     assert len(res.checks) == 4
     assert all(e["arith"]["n"] >= 500 for e in res.evals.values())
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_sampled_demo_text_keeps_the_manifest(tmp_path, with_manifest):
+    """The demo's real path samples the corpus (spec.demo_tokens); the sample must carry the
+    corpus's per-source licences for `olmo2 trace`. (`make demo` once crashed here: the
+    hermetic pipeline test never sampled, so nothing else reached this branch.)"""
+    from dataclasses import replace
+
+    from olmo2.replicate import prepare_data
+    c = _corpus(tmp_path)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"sources": {"kings": {"license": "public domain"}}}))
+    corpus = replace(c, manifest=manifest if with_manifest else None)
+    spec = replace(SPEC, demo_tokens=2000)
+    prepare_data(corpus, tmp_path / "data", spec, {"kings": 2, "code": 1}, [], progress=False)
+    raw = tmp_path / "data" / "raw"
+    assert (raw / "demo.jsonl").exists()
+    assert (raw / "manifest.json").exists() == with_manifest
+    if with_manifest:
+        assert (raw / "manifest.json").read_bytes() == manifest.read_bytes()
