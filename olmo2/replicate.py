@@ -16,7 +16,9 @@ Pipeline (`run_pipeline`), each step skipped when its output already exists:
             - the validation passages (`olmo2.eval.valset`: every source in proportion),
               per-passage NLL so differences between arms get paired bootstrap intervals;
             - ≥ 500 distinct held-out arithmetic problems: exact match with Wilson
-              intervals, format rate, and the trivial baselines on the same problems
+              intervals, format rate, and the trivial baselines on the same problems;
+            - OLMES GSM8K (first `spec.olmes.gsm8k_limit` problems) and TruthfulQA MC1/MC2,
+              run by `olmo2 eval`'s own code into `olmes/<model>/` (`olmo2.eval.stage_olmes`)
 7. report   `report.md` (tables, checks with figures and intervals, PASS/FAIL computed by
             `olmo2.eval.report.experiment_checks`), `loss_curves.png`, `results.json`; sample
             generations from every model, and the memorisation section: the share of each
@@ -40,6 +42,7 @@ from pathlib import Path
 
 from olmo2.data.arithmetic import ArithTask
 from olmo2.errors import Olmo2Error
+from olmo2.eval.stage_olmes import OlmesRows
 from olmo2.fsio import atomic_file
 from olmo2.recipes import Recipe
 
@@ -75,6 +78,8 @@ class EvalSpec:
     n_boot: int = 2000
     sample_prompts: tuple[str, ...] = ("To be, or not to be", "My fellow citizens,")
     sample_new_tokens: int = 40
+    olmes: OlmesRows = OlmesRows()
+    """OLMES GSM8K / TruthfulQA rows per model, by `olmo2 eval`'s code (`olmo2.eval.stage_olmes`)."""
 
 
 @dataclass
@@ -334,6 +339,10 @@ def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: R
     runs = {"stage 1": s1, "control": sc, **{n: s for n, s in zip(names[2:-1], s2)},
             names[-1]: {"wall_s": soup_wall, "hf": str(soup_dir)}}
 
+    from olmo2.eval.stage_olmes import olmes_rows
+    log("step 6/7: OLMES tasks (GSM8K, TruthfulQA) on every model")
+    olmes_text, olmes = olmes_rows(spec.olmes, dict(zip(names, dirs)), out / "olmes", progress)
+
     log("step 7/7: report")
     base = baselines(train_probs, problems)
     t2 = stage2[0].train
@@ -371,14 +380,14 @@ def run_pipeline(out_dir: str | Path, corpus: Corpus, stage1: Recipe, control: R
     per_model = {n: sample_generations(Path(d), tok, prompts, spec.sample_new_tokens) for n, d in zip(names, dirs)}
     samples = per_model[names[-1]]  # the soup's: what print_result shows
     memo = memorisation(out / "trace-index", [data_root / "demo", data_root / "arith"], per_model, progress)
-    report += memorisation_section(memo, prompts)
+    report += olmes_text + memorisation_section(memo, prompts)
     report_path = out / "report.md"
     with atomic_file(report_path) as f:
         f.write(report)
     results = {"evals": {n: {k: v for k, v in e.items() if k not in ("nll", "bytes", "hits")}
                          for n, e in evals.items()},
                "checks": [c.__dict__ for c in checks], "samples": samples, "final_model": str(soup_dir),
-               "samples_by_model": per_model, "memorisation": memo,
+               "samples_by_model": per_model, "memorisation": memo, "olmes": olmes,
                "runs": runs, "val_composition": dict(Counter(p.source for p in passages))}
     with atomic_file(out / "results.json") as f:
         json.dump(results, f, indent=2)

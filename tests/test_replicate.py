@@ -44,13 +44,36 @@ SPEC = EvalSpec(arith=ArithTask(max_operand=5), arith_train_docs=300, arith_held
                 sample_new_tokens=12)  # > the memorisation span length (8), so the figure can be non-zero
 
 
+def _olmes_data(tmp_path):
+    """A data dir in `olmo2 eval --data-dir` layout: 3 GSM8K problems, 3 TruthfulQA questions."""
+    d = tmp_path / "evaldata"
+    (d / "gsm8k").mkdir(parents=True)
+    (d / "truthfulqa").mkdir()
+    rows = [{"question": f"The king has {a} swords and buys {b}. How many now?", "answer": f"{a} + {b}.\n#### {a + b}"}
+            for a, b in ((3, 4), (5, 1), (2, 2))]
+    (d / "gsm8k" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qs = [{"question": "Who said that?", "mc1_targets": {"the king": 1, "the queen": 0, "the sea": 0},
+           "mc2_targets": {"the king": 1, "a king": 1, "the queen": 0, "the sea": 0}},
+          {"question": "What is a list?", "mc1_targets": {"a value": 1, "a class": 0},
+           "mc2_targets": {"a value": 1, "a class": 0, "none": 0}},
+          {"question": "Where is the city?", "mc1_targets": {"by the sea": 1, "in the code": 0},
+           "mc2_targets": {"by the sea": 1, "in the code": 0}}]
+    (d / "truthfulqa" / "mc_task.json").write_text(json.dumps(qs))
+    return d
+
+
 def test_pipeline_structure(tmp_path):
+    from dataclasses import replace
+
+    from olmo2.eval.stage_olmes import OlmesRows
     corpus = _corpus(tmp_path)
     root = str(tmp_path / "run" / "data")
     s1 = apply_overrides(tiny_stage1(root, steps=4, stage2_steps=2), SMALL)
     ctl = apply_overrides(tiny_control(None, root, steps=4, stage2_steps=2), SMALL)
     s2 = [apply_overrides(tiny_stage2(seed, root, steps=2, start_lr=1e-3), SMALL) for seed in (1, 2)]
-    res = run_pipeline(tmp_path / "run", corpus, s1, ctl, s2, SPEC, data_root=root, progress=False)
+    data_dir = _olmes_data(tmp_path)
+    spec = replace(SPEC, olmes=OlmesRows(gsm8k_limit=2, gsm8k_max_new_tokens=8, truthfulqa_limit=2, data_dir=data_dir))
+    res = run_pipeline(tmp_path / "run", corpus, s1, ctl, s2, spec, data_root=root, progress=False)
     out = tmp_path / "run"
     hf_dirs = [c.parent for c in out.rglob("config.json") if (c.parent / "model.safetensors").exists()]
     assert len(hf_dirs) >= 5  # stage 1, control, 2 stage-2 seeds, soup: each carries the risk card
@@ -97,8 +120,31 @@ def test_pipeline_structure(tmp_path):
     from olmo2.trace import memorised_fractions
     planted = json.loads(train_text.splitlines()[0])["text"]
     assert memorised_fractions(out / "trace-index", [planted, "queen sea " * 8]) == [1.0, 0.0]
+    # OLMES rows for every model, computed by `olmo2 eval` itself: the CLI on the soup with the
+    # same data and limits gives the very same figures; chance is the uniform guess on these items
+    olmes = results["olmes"]
+    assert list(olmes["models"]) == list(results["evals"]) and not olmes["notes"]
+    from olmo2.cli import main
+    assert main(["eval", "--model", str(res.final_model), "--tasks", "gsm8k,truthfulqa", "--limit", "2",
+                 "--max-new-tokens", "8", "--data-dir", str(data_dir), "--out", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    ours = json.loads((out / "olmes" / "soup-of-2" / "results.json").read_text())
+    assert [(r["task"], r["metric"], r["value"], r["n"]) for r in ours["results"]] == \
+        [(r["task"], r["metric"], r["value"], r["n"]) for r in cli["results"]]
+    assert (out / "olmes" / "soup-of-2" / "gsm8k" / "predictions.jsonl").read_bytes() == \
+        (tmp_path / "cli" / "gsm8k" / "predictions.jsonl").read_bytes()
+    tqa = olmes["models"]["soup of 2"]["truthfulqa"]
+    assert tqa["n"] == 2 and tqa["metrics"]["mc1"]["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert tqa["metrics"]["mc2"]["chance"] == pytest.approx((2 / 4 + 1 / 3) / 2)
+    assert tqa["shots_kept"][1] <= 6 and olmes["models"]["stage 1"]["gsm8k"]["n"] == 2
+    for m in olmes["models"].values():
+        for task in m.values():
+            for v in task["metrics"].values():
+                assert v["ci"][0] <= v["value"] <= v["ci"][1]
+    assert "## OLMES tasks" in report and "near chance" in report and "| *chance* |" in report
     # idempotent: a rerun reuses every stage and gives the same figures
-    res2 = run_pipeline(tmp_path / "run", corpus, s1, ctl, s2, SPEC, data_root=root, progress=False)
+    res2 = run_pipeline(tmp_path / "run", corpus, s1, ctl, s2, spec, data_root=root, progress=False)
     assert [e["bpb"] for e in res2.evals.values()] == [e["bpb"] for e in res.evals.values()]
 
 
