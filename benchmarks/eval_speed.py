@@ -21,7 +21,6 @@ rerun when idle. Both sides run in this process, one after the other, with 2 thr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -49,36 +48,6 @@ def make_model(out: Path, quick: bool) -> Path:
     model.reset_parameters(generator=torch.Generator().manual_seed(0))
     save_model(model, out, tokenizer=Tokenizer.from_file(dolma2_tokenizer_path()))
     return out
-
-
-def lmeval_tasks(tmp: Path, tqa, gsm_contexts, max_new: int) -> Path:
-    import lm_eval
-    src = Path(lm_eval.__file__).parent / "tasks" / "truthfulqa"
-    tdir = tmp / "tasks"
-    tdir.mkdir()
-    data = tmp / "tqa.jsonl"
-    data.write_text("".join(json.dumps({
-        "question": it.question,
-        "mc1_targets": {"choices": [c for c, _ in it.mc1], "labels": [int(t) for _, t in it.mc1]},
-        "mc2_targets": {"choices": [c for c, _ in it.mc2], "labels": [int(t) for _, t in it.mc2]}}) + "\n"
-        for it in tqa))
-    (tdir / "utils.py").write_text((src / "utils.py").read_text())
-    mc1 = (src / "truthfulqa_mc1.yaml").read_text().replace(
-        "dataset_path: truthfulqa/truthful_qa\ndataset_name: multiple_choice\n",
-        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {data}\n")
-    (tdir / "mc1.yaml").write_text(mc1.replace("task: truthfulqa_mc1", "task: bench_tqa_mc1")
-                                   .replace("tag:\n  - truthfulqa\n", ""))
-    (tdir / "mc2.yaml").write_text((src / "truthfulqa_mc2.yaml").read_text()
-                                   .replace("task: truthfulqa_mc2", "task: bench_tqa_mc2")
-                                   .replace("include: truthfulqa_mc1.yaml", "include: mc1.yaml"))
-    gsm = tmp / "gsm.jsonl"
-    gsm.write_text("".join(json.dumps({"context": c}) + "\n" for c in gsm_contexts))
-    (tdir / "gsm.yaml").write_text(
-        f"task: bench_gsm\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {gsm}\n"
-        "output_type: generate_until\ntest_split: test\ndoc_to_text: '{{context}}'\ndoc_to_target: ''\n"
-        "generation_kwargs:\n  until: ['Question:', '</s>', '<|im_end|>', '\\n\\n']\n  do_sample: false\n"
-        f"  max_gen_toks: {max_new}\nmetric_list:\n  - metric: exact_match\n")
-    return tdir
 
 
 def main() -> int:
@@ -117,14 +86,17 @@ def main() -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     with tempfile.TemporaryDirectory() as tmp:
-        tdir = lmeval_tasks(Path(tmp), tqa[:args.tqa], gsm_ctx, args.max_new)
+        from olmo2.eval.lmeval_tasks import generate_task, truthfulqa_tasks
+        tdir = Path(tmp) / "tasks"
+        mc1, mc2 = truthfulqa_tasks(tdir, tqa[:args.tqa], "bench_tqa")
+        gsm_task = generate_task(tdir, gsm_ctx, "bench_gsm", gsm8k.STOPS, args.max_new)
         lm = HFLM(pretrained=str(model_dir), batch_size=8, device="cpu", dtype="float32")
         tm = TaskManager(include_path=str(tdir))
         t0 = time.perf_counter()
-        simple_evaluate(model=lm, tasks=["bench_tqa_mc1", "bench_tqa_mc2"], task_manager=tm)
+        simple_evaluate(model=lm, tasks=[mc1, mc2], task_manager=tm)
         t_lm_tqa = time.perf_counter() - t0
         t0 = time.perf_counter()
-        simple_evaluate(model=lm, tasks=["bench_gsm"], task_manager=tm)
+        simple_evaluate(model=lm, tasks=[gsm_task], task_manager=tm)
         t_lm_gsm = time.perf_counter() - t0
 
     print(f"model {model_dir}, {args.threads} threads")

@@ -6,42 +6,11 @@ subset in OLMES's RC format. Slow (lm-eval's import and HF forward passes): `-m 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
 N_TQA, N_ARC = 12, 12
-
-
-def _lmeval_tasks(tmp: Path, tqa_items, arc_items) -> Path:
-    import lm_eval
-    src = Path(lm_eval.__file__).parent / "tasks" / "truthfulqa"
-    tdir = tmp / "tasks"
-    tdir.mkdir()
-    data = tmp / "tqa.jsonl"
-    data.write_text("".join(json.dumps({
-        "question": it.question,
-        "mc1_targets": {"choices": [c for c, _ in it.mc1], "labels": [int(t) for _, t in it.mc1]},
-        "mc2_targets": {"choices": [c for c, _ in it.mc2], "labels": [int(t) for _, t in it.mc2]}}) + "\n"
-        for it in tqa_items))
-    (tdir / "utils.py").write_text((src / "utils.py").read_text())
-    mc1 = (src / "truthfulqa_mc1.yaml").read_text()
-    assert "dataset_path: truthfulqa/truthful_qa\ndataset_name: multiple_choice\n" in mc1
-    mc1 = mc1.replace("dataset_path: truthfulqa/truthful_qa\ndataset_name: multiple_choice\n",
-                      f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {data}\n")
-    (tdir / "truthfulqa_mc1.yaml").write_text(mc1.replace("task: truthfulqa_mc1", "task: local_tqa_mc1")
-                                              .replace("tag:\n  - truthfulqa\n", ""))
-    (tdir / "truthfulqa_mc2.yaml").write_text((src / "truthfulqa_mc2.yaml").read_text()
-                                              .replace("task: truthfulqa_mc2", "task: local_tqa_mc2"))
-    arc = tmp / "arc.jsonl"  # OLMES RC contexts; lm-eval adds the " " target delimiter itself
-    arc.write_text("".join(json.dumps({"context": it.requests[0][0], "gold": it.gold,
-                                       "choices": [c[1:] for _, c in it.requests]}) + "\n" for it in arc_items))
-    (tdir / "arc.yaml").write_text(
-        f"task: local_arc_rc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {arc}\n"
-        "output_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: '{{context}}'\n"
-        "doc_to_target: '{{gold}}'\ndoc_to_choice: '{{choices}}'\nmetric_list:\n  - metric: acc\n")
-    return tdir
 
 
 def test_olmo2_eval_agrees_with_lm_eval(tmp_path, shared_data):
@@ -53,14 +22,17 @@ def test_olmo2_eval_agrees_with_lm_eval(tmp_path, shared_data):
     from lm_eval.tasks import TaskManager
 
     from olmo2.cli import main
+    from olmo2.eval.lmeval_tasks import rc_task, truthfulqa_tasks
     from olmo2.eval.tasks_mc import load_mc_task
     from olmo2.eval.truthfulqa import load_truthfulqa
     ck = make_checkpoint(tmp_path / "m", max_seq_len=2048)
     tqa = load_truthfulqa(shared_data / "truthfulqa" / "mc_task.json")[:N_TQA]
     arc = load_mc_task("arc_challenge")["rc"].items[:N_ARC]
-    tdir = _lmeval_tasks(tmp_path, tqa, arc)
+    tdir = tmp_path / "tasks"
+    mc1, mc2 = truthfulqa_tasks(tdir, tqa, "local_tqa")
+    rc = rc_task(tdir, arc, "local_arc_rc")
     lm = HFLM(pretrained=str(ck), batch_size=8, device="cpu", dtype="float32")
-    res = simple_evaluate(model=lm, tasks=["local_tqa_mc1", "local_tqa_mc2", "local_arc_rc"],
+    res = simple_evaluate(model=lm, tasks=[mc1, mc2, rc],
                           task_manager=TaskManager(include_path=str(tdir)), log_samples=True)
     assert main(["eval", "--model", str(ck), "--tasks", "truthfulqa,arc_challenge", "--limit", str(N_TQA),
                  "--quiet", "--data-dir", str(shared_data), "--out", str(tmp_path / "ours")]) == 0
