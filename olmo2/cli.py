@@ -24,6 +24,7 @@ from olmo2.errors import Olmo2Error
 # Verb modules in the order their verbs appear in --help.
 VERB_MODULES = [
     "olmo2.commands.model_cmds",
+    "olmo2.commands.convert_cmds",
     "olmo2.commands.gen_cmds",
     "olmo2.commands.data_cmds",
     "olmo2.commands.train_cmds",

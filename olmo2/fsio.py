@@ -148,6 +148,32 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Like `atomic_file`, for writers that open the file by name themselves (e.g. the gguf
+    package): yield a temp path beside `path`; on clean exit fsync it and rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _try_lock(fd)  # held until the rename: marks the temp as live for clean_stale_temps
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        better = write_error(e, path, name_any=False)
+        if better is None:
+            raise
+        raise better from e
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on clean exit it replaces `path`.
 
