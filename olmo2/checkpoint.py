@@ -214,10 +214,23 @@ def load_state_dict_lazy(d: Path, expected: dict[str, torch.Size], dtype: torch.
 
 
 def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu") -> Olmo2:
-    """Load an OLMo 2 HF checkpoint as `Olmo2` in `dtype` (None keeps the stored dtype)."""
+               device: str | torch.device = "cpu", quant: str | None = None) -> Olmo2:
+    """Load an OLMo 2 HF checkpoint as `Olmo2` in `dtype` (None keeps the stored dtype).
+
+    `quant` (none | bf16 | int8 | int4) quantizes the weights on the fly; a directory
+    written by `olmo2 quantize` loads quantized whatever `quant` says (olmo2/quant/io.py)."""
     dtype = parse_dtype(dtype)
     d = resolve(path_or_id)
+    from olmo2.quant.io import is_quantized, load_for_inference
+    if quant not in (None, "none") or is_quantized(d):
+        if torch.device(device).type != "cpu":
+            raise CheckpointError(f"{d}: quantized weights run on the CPU only; load with device='cpu'")
+        return load_for_inference(d, dtype, quant)
+    return load_float(d, dtype, device)
+
+
+def load_float(d: Path, dtype: torch.dtype | None, device: str | torch.device = "cpu") -> Olmo2:
+    """Load a float (unquantized) checkpoint directory; `load_model` without the dispatch."""
     cfg = ModelConfig.from_json_file(d / "config.json")
     check_model_memory(cfg, (dtype or torch.float32).itemsize, str(d / "config.json"))
     with torch.device("meta"):

@@ -31,6 +31,7 @@ VERB_MODULES = [
     "olmo2.commands.trace_cmds",
     "olmo2.commands.eval_cmds",
     "olmo2.commands.serve_cmds",
+    "olmo2.commands.quant_cmds",
 ]
 
 

@@ -41,7 +41,7 @@ class OutputError(Olmo2Error):
 _HF_FILES = re.compile(r"^(config\.json|generation_config\.json|model\.safetensors|"
                        r"model-\d{5}-of-\d{5}\.safetensors|model\.safetensors\.index\.json|README\.md|"
                        r"tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|chat_template\.jinja|"
-                       r"soup\.json)$")
+                       r"soup\.json|quantization\.json|quant_report\.(md|json))$")
 # Files `olmo2 data demo` writes into <cache>/demo (replaced as a whole on a rebuild).
 _DEMO_FILES = re.compile(r"^(train\.jsonl|val\.jsonl|manifest\.json|tokenizer\.json)$")
 # Entries that mark a training run directory (olmo2 train / olmo2.train.loop.train).

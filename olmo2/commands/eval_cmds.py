@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", default="auto", help="continuations per scoring step, or 'auto' (token budget)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation tasks: override the task's limit")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--quant", choices=("none", "bf16", "int8", "int4"), default="none",
+                   help="native backend: weight precision (olmo2/quant), quantized on the fly at load")
     p.add_argument("--out", help="run directory to write (results.json, <task>/predictions.jsonl)")
     p.add_argument("--force", action="store_true", help="replace an existing eval run in --out (atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -85,7 +87,9 @@ def run_eval_cmd(args) -> int:
                        max_new_tokens=args.max_new_tokens)
     data = load_task_data(names, opts)
     from olmo2.eval.scoring import load_backend, weights_sha256
-    backend = load_backend(args.backend, args.model, batch_size=bs, dtype=args.dtype)
+    if args.quant != "none" and args.backend != "native":
+        raise Olmo2Error("--quant needs --backend native (the hf backend runs transformers' own weights)")
+    backend = load_backend(args.backend, args.model, batch_size=bs, dtype=args.dtype, quant=args.quant)
     info = {"path": str(args.model), "weights_sha256": weights_sha256(args.model), "backend": args.backend,
             "dtype": args.dtype, "batch_size": bs, "max_length": backend.max_length}
     results = run_eval(backend, data, opts, out, info)

@@ -36,6 +36,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser, default_max_new: int) -> Non
     p.add_argument("--stop", action="append", default=None, metavar="STR",
                    help="stop when this text appears (not printed); repeatable")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--quant", choices=("none", "bf16", "int8", "int4"), default="none",
+                   help="weight precision: quantize on the fly at load (olmo2/quant); a checkpoint from `olmo2 quantize` loads as stored")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (slow first call; needs a C++ compiler)")
 
@@ -82,7 +84,7 @@ def _validate(args) -> None:
 def _load(args):
     from olmo2.checkpoint import load_model
     from olmo2.tokenizer import Tokenizer
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, quant=args.quant)
     tok = Tokenizer.from_pretrained(args.model)
     tok.check_fits(model.config.vocab_size, str(args.model))
     return model, tok

@@ -67,6 +67,8 @@ def register(sub) -> None:
     g.add_argument("--file", help="a UTF-8 text file to score")
     p.add_argument("--per-token", action="store_true", help="also print every token and its log-prob")
     p.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32", help="compute dtype")
+    p.add_argument("--quant", choices=("none", "bf16", "int8", "int4"), default="none",
+                   help="weight precision: quantize on the fly at load (olmo2/quant); a checkpoint from `olmo2 quantize` loads as stored")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run_score)
 
@@ -158,7 +160,7 @@ def run_score(args) -> int:
         text = arg_text(args.text, "--text")
     if not text:
         raise Olmo2Error("nothing to score: the text is empty")
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, quant=args.quant)
     tok = Tokenizer.from_pretrained(args.model)
     tok.check_fits(model.config.vocab_size, args.model)
     s = score_text(model, tok, text)

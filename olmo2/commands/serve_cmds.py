@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-int8", action="store_true", help="store the KV cache as int8 (4x smaller than fp32)")
     p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body in KiB (larger: HTTP 413)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--quant", choices=("none", "bf16", "int8", "int4"), default="none",
+                   help="weight precision: quantize on the fly at load (olmo2/quant); a checkpoint from `olmo2 quantize` loads as stored")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0 = torch's default); 1 is faster on a busy machine")
     p.add_argument("--trace", default=None, metavar="INDEX",
@@ -80,7 +82,7 @@ def run_serve(args) -> int:
         import torch
         torch.set_num_threads(args.threads)
     cfg = ServeConfig(model=args.model, model_name=args.model_name, api_key=args.api_key, dtype=args.dtype,
-                      max_body_bytes=args.max_body_kb * 1024, trace=args.trace,
+                      quant=args.quant, max_body_bytes=args.max_body_kb * 1024, trace=args.trace,
                       engine=EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
                                           kv_tokens=args.kv_tokens, kv_mb=args.kv_mb, kv_int8=args.kv_int8))
     app = create_app(cfg)  # opens --trace first: a bad index is a one-line error before listening

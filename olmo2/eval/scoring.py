@@ -183,13 +183,14 @@ class HFBackend:
         return outs
 
 
-def load_backend(kind: str, model_path: str, batch_size: int | str = 32, dtype: str = "float32"):
+def load_backend(kind: str, model_path: str, batch_size: int | str = 32, dtype: str = "float32",
+                 quant: str = "none"):
     """A NativeBackend or HFBackend for `model_path` (a checkpoint dir or hub id)."""
     if kind == "native":
         from olmo2.checkpoint import load_model
         from olmo2.eval.native import NativeBackend
         from olmo2.tokenizer import Tokenizer
-        model = load_model(model_path, dtype=dtype)
+        model = load_model(model_path, dtype=dtype, quant=quant)
         tok = Tokenizer.from_pretrained(model_path)
         tok.check_fits(model.config.vocab_size, str(model_path))
         return NativeBackend(model.eval(), tok, batch_size, str(model_path))

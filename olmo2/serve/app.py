@@ -58,6 +58,8 @@ class ServeConfig:
     api_key: str | None = None
     """When set, every /v1 route and /tokenize, /detokenize need `Authorization: Bearer KEY`."""
     dtype: str = "float32"
+    quant: str = "none"
+    """Weight precision: none, bf16, int8 or int4 (olmo2/quant), applied at load."""
     max_body_bytes: int = 1 << 20
     """Request bodies above this are refused with 413."""
     default_max_tokens: int = 512
@@ -145,7 +147,7 @@ class State:
         try:
             from olmo2.checkpoint import load_model
             from olmo2.tokenizer import Tokenizer
-            model = load_model(self.cfg.model, dtype=self.cfg.dtype).eval()
+            model = load_model(self.cfg.model, dtype=self.cfg.dtype, quant=self.cfg.quant).eval()
             tok = Tokenizer.from_pretrained(self.cfg.model)
             tok.check_fits(model.config.vocab_size, str(self.cfg.model))
             self.model, self.tok = model, tok

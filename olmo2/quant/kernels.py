@@ -1,0 +1,121 @@
+"""Which matmul kernel runs a quantized linear, chosen at run time per CPU and per phase.
+
+    OLMO2_QUANT_KERNEL=auto        (default) the measured best for this CPU, per phase
+    OLMO2_QUANT_KERNEL=reference   the pure-PyTorch path everywhere (dequantize, F.linear)
+    OLMO2_QUANT_KERNEL=aten        aten's int8/int4 weight-only kernels wherever they apply
+    OLMO2_QUANT_KERNEL=fbgemm      fbgemm's dynamic W8A8 kernel for int8
+
+A phase is decode (GEMV: one row of activations per call, bandwidth-bound) or prefill
+(GEMM: many rows, compute-bound); the two have different winners, so a linear picks per
+call from the row count (`PREFILL_ROWS`). Kernels a CPU or build cannot run are never
+chosen: the env override falls back to "reference" for a format it does not cover.
+
+Why these candidates (measured by benchmarks/quant_kernels.py; table in
+benchmarks/RESULTS.md, section "Quantized kernels"):
+- `aten._weight_int8pack_mm` / `_weight_int4pack_mm_for_cpu` are weight-only and exact
+  up to activation rounding, but **only fast with bf16 activations** (fp32 activations
+  take a scalar path 10-30x slower), so we cast x to bf16 around them. Their fast code is
+  compiled for AVX-512; on an AVX2-only CPU (ATEN_CPU_CAPABILITY=avx2 reproduces its
+  dispatch here) they are not chosen unless measured to be fast there.
+- fbgemm's `quantized.linear_dynamic` quantizes the activation per tensor to uint8 and
+  multiplies with VNNI (AVX-512) or vpmaddubsw (AVX2): several times aten's prefill
+  speed. It changes the numerics (activation quantization), which the quality report
+  measures; it is deprecated upstream, so it is optional and checked for at run time.
+- The reference path materialises the dequantized weight per call: slow, but it runs on
+  any CPU and any PyTorch build, and it is what the tests compare every kernel against.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+KERNELS = ("auto", "reference", "aten", "fbgemm")
+ENV = "OLMO2_QUANT_KERNEL"
+# Row count from which a call counts as prefill (GEMM). A decode step of a batch of B
+# requests has B rows; continuous batching rarely exceeds 16.
+PREFILL_ROWS = 16
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class CpuKind:
+    """What the kernel choice depends on: the ISA torch dispatches to and the bf16/VNNI units."""
+    capability: str        # torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2", "DEFAULT", ...
+    bf16: bool             # native bf16 dot products (avx512_bf16 or AMX): bf16 activations are cheap
+    vnni: bool             # int8 dot products (avx512_vnni / avx_vnni)
+
+    @property
+    def avx512(self) -> bool:
+        return self.capability.upper().startswith("AVX512")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kind() -> CpuKind:
+    """This process's CPU as the kernel choice sees it (ATEN_CPU_CAPABILITY is honoured)."""
+    flags = cpu_flags()
+    cap = torch.backends.cpu.get_cpu_capability()
+    return CpuKind(capability=cap, bf16=bool({"avx512_bf16", "amx_bf16"} & flags) and cap.upper().startswith("AVX512"),
+                   vnni=bool({"avx512_vnni", "avx_vnni"} & flags))
+
+
+@functools.lru_cache(maxsize=1)
+def fbgemm_available() -> bool:
+    """Whether this torch build has the fbgemm quantized engine (x86 builds do)."""
+    try:
+        return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(torch.ops.quantized, "linear_dynamic")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def requested() -> str:
+    """The kernel the environment asks for; an unknown value is a one-line error."""
+    from olmo2.errors import ConfigError
+    v = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if v not in KERNELS:
+        raise ConfigError(f"{ENV}={v!r}: use one of {', '.join(KERNELS)}")
+    return v
+
+
+def choose(fmt: str, phase: str) -> str:
+    """The kernel for `fmt` ("int8", "int4", "bf16") in `phase` ("decode" or "prefill")."""
+    want = requested()
+    kind = cpu_kind()
+    if want == "reference":
+        return "reference"
+    if want == "fbgemm":
+        return "fbgemm" if fmt == "int8" and fbgemm_available() else "reference"
+    if want == "aten":
+        return "aten" if fmt in ("int8", "int4", "bf16") else "reference"
+    # auto: the measured winners (benchmarks/RESULTS.md, "Quantized kernels").
+    if fmt == "int8":
+        if phase == "prefill" and fbgemm_available():
+            return "fbgemm"
+        if kind.avx512:
+            return "aten"
+        return "fbgemm" if fbgemm_available() else "reference"
+    if fmt == "int4":
+        return "aten" if kind.avx512 else "reference"
+    if fmt == "bf16":
+        # bf16 compute only where the CPU has bf16 dot products; elsewhere it is emulated
+        # (~7x slower than fp32 on Zen 3), so upcast the weight instead.
+        return "aten" if kind.bf16 else "reference"
+    raise ValueError(f"unknown quantized format {fmt!r}")
+
+
+def phase_of(rows: int) -> str:
+    return "prefill" if rows >= PREFILL_ROWS else "decode"

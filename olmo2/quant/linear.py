@@ -1,0 +1,258 @@
+"""Quantized drop-ins for `nn.Linear` and `nn.Embedding` (the module swap's targets).
+
+    Int8Linear   qweight int8 [N, K], scales bf16 [N]                     (per output channel)
+    Int4Linear   qweight uint8 [N, K/2], scales/zeros bf16 [N, K/G]      (group-wise, asymmetric)
+    BF16Linear   weight_bf16 [N, K]                                       (a plain bf16 weight)
+    Int8Embedding qweight int8 [V, D], scales bf16 [V]                    (rows dequantized on gather)
+    BF16Embedding weight bf16 [V, D]
+
+Each takes and returns the caller's dtype (the model's norms, RoPE and attention stay in
+the compute dtype; only weight storage and the matmul change). The buffers are the
+*canonical* tensors of olmo2/quant/formats.py — what `state_dict()` saves and the
+checkpoint stores, independent of CPU. Kernel-specific packed copies (aten's int4 tile
+layout, fbgemm's prepacked matrix) are derived from them on first use per kernel and kept
+in `_packed`, which is not state: saving a model never writes a CPU-specific layout.
+`prepare()` builds them ahead of time (load does it, so the first token is not slow and
+`torch.compile` sees no packing).
+
+Each forward picks its kernel per call from the row count (decode vs prefill, see
+olmo2/quant/kernels.py). Footgun: the aten kernels want bf16 activations, so those paths
+round x to bf16 — the error this adds is bounded in tests/test_quant_linear.py.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from olmo2.quant import formats
+from olmo2.quant.kernels import choose, cpu_kind, phase_of
+
+_PACK_LOCK = threading.Lock()  # serve decodes on a worker thread; pack once
+
+
+class _Quantized(nn.Module):
+    """Shared plumbing: kernel dispatch and the per-kernel packed-weight cache."""
+    fmt = ""
+
+    def __init__(self):
+        super().__init__()
+        self._packed: dict[str, object] = {}
+
+    def _packed_for(self, kernel: str):
+        p = self._packed.get(kernel)
+        if p is None:
+            with _PACK_LOCK:
+                p = self._packed.get(kernel)
+                if p is None:
+                    p = self._packed[kernel] = self._pack(kernel)
+        return p
+
+    def _pack(self, kernel: str):  # pragma: no cover - overridden where a kernel packs
+        return None
+
+    def runs(self, kernel: str) -> bool:
+        """Whether `kernel` takes this module's shape (all do but aten int4: N % 16 == 0)."""
+        return True
+
+    def prepare(self) -> None:
+        """Build the packed weights of the kernels this CPU will use (decode and prefill)."""
+        for phase in ("decode", "prefill"):
+            k = choose(self.fmt, phase)
+            if k in self.PACKS and self.runs(k):
+                self._packed_for(k)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._packed.clear()  # new canonical weights: the packed copies are stale
+        super()._load_from_state_dict(*args, **kwargs)
+
+    PACKS: tuple[str, ...] = ()
+
+
+class _QuantLinear(_Quantized):
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = torch.float32  # set by the swap: the dtype the float Linear had
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """An empty tensor in the compute dtype, on the weights' device. The inference code
+        reads `model.lm_head.weight.dtype/.device` to shape its KV caches (olmo2/infer,
+        serve, eval); the quantized weight itself is in the buffers. Anything that tries to
+        multiply by it fails on the shape instead of computing with a wrong weight."""
+        return torch.empty(0, self.in_features, dtype=self.compute_dtype, device=self.scales_device())
+
+    def scales_device(self) -> torch.device:
+        return next(self.buffers()).device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        kernel = choose(self.fmt, phase_of(x2.shape[0]))
+        if not self.runs(kernel):
+            kernel = "reference"
+        y = getattr(self, f"_mm_{kernel}")(x2)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _mm_reference(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Int8Linear(_QuantLinear):
+    fmt = "int8"
+    PACKS = ("fbgemm",)
+
+    def __init__(self, in_features: int, out_features: int, device=None):
+        super().__init__(in_features, out_features)
+        self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.empty(out_features, dtype=torch.bfloat16, device=device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> "Int8Linear":
+        m = cls(w.shape[1], w.shape[0])
+        m.qweight, m.scales = formats.quantize_int8(w)
+        return m
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return formats.dequantize_int8(self.qweight, self.scales, dtype)
+
+    def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
+
+    def _pack(self, kernel: str):
+        if kernel == "fbgemm":
+            zp = torch.zeros(self.out_features, dtype=torch.int64)
+            with warnings.catch_warnings():  # "quantized tensors are deprecated": known, see kernels.py
+                warnings.simplefilter("ignore", UserWarning)
+                qw = torch._make_per_channel_quantized_tensor(self.qweight, self.scales.double(), zp, 0)
+                return torch.ops.quantized.linear_prepack(qw, None)
+        return None
+
+    def _mm_fbgemm(self, x: torch.Tensor) -> torch.Tensor:
+        # reduce_range: without VNNI fbgemm multiplies with vpmaddubsw, whose int16 pair sums
+        # saturate for 8-bit activations; 7-bit activations keep them exact.
+        return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed_for("fbgemm"),
+                                                  not cpu_kind().vnni)
+
+
+class Int4Linear(_QuantLinear):
+    fmt = "int4"
+    PACKS = ("aten",)
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, device=None):
+        super().__init__(in_features, out_features)
+        if not formats.int4_group_fits(in_features, group_size):
+            raise ValueError(f"int4 group size {group_size} does not divide in_features {in_features}")
+        self.group_size = group_size
+        ng = in_features // group_size
+        self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.empty(out_features, ng, dtype=torch.bfloat16, device=device))
+        self.register_buffer("zeros", torch.empty(out_features, ng, dtype=torch.bfloat16, device=device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
+        m = cls(w.shape[1], w.shape[0], group_size)
+        m.qweight, m.scales, m.zeros = formats.quantize_int4(w, group_size)
+        return m
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return formats.dequantize_int4(self.qweight, self.scales, self.zeros, self.group_size, dtype)
+
+    def runs(self, kernel: str) -> bool:
+        # aten's int4 packing tiles 16 output rows at a time.
+        return kernel != "aten" or self.out_features % 16 == 0
+
+    def _pack(self, kernel: str):
+        if kernel == "aten":
+            # innerKTiles is ignored by the CPU packing (it always tiles for its own kernel).
+            packed = torch._convert_weight_to_int4pack_for_cpu(formats.int4_codes_int32(self.qweight), 1)
+            return packed, formats.int4_scales_and_zeros(self.scales, self.zeros)
+        return None
+
+    def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
+        packed, sz = self._packed_for("aten")
+        return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+
+class BF16Linear(_QuantLinear):
+    fmt = "bf16"
+
+    def __init__(self, in_features: int, out_features: int, device=None):
+        super().__init__(in_features, out_features)
+        # Not named `weight`: that name is the compute-dtype probe (see _QuantLinear.weight).
+        self.register_buffer("weight_bf16", torch.empty(out_features, in_features, dtype=torch.bfloat16,
+                                                        device=device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> "BF16Linear":
+        m = cls(w.shape[1], w.shape[0])
+        m.weight_bf16 = w.detach().to(torch.bfloat16).contiguous()
+        return m
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.weight_bf16.to(dtype)
+
+    def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight_bf16)
+
+
+class Int8Embedding(_Quantized):
+    """Rows stored int8 with a bf16 scale each; a lookup dequantizes only the rows it gathers.
+
+    Why int8 for the embedding in every mode: a token reads one row, so its storage costs
+    nothing per decoded token, only memory (the 1B's 100k x 2048 table is 0.82 GB fp32,
+    0.21 GB int8); int8 keeps it at a per-row error of half a step (the report measures it)."""
+    fmt = "int8"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, out_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, out_dtype
+        self.register_buffer("qweight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.empty(num_embeddings, dtype=torch.bfloat16, device=device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> "Int8Embedding":
+        m = cls(w.shape[0], w.shape[1], out_dtype=w.dtype)
+        m.qweight, m.scales = formats.quantize_int8(w)
+        return m
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return (self.qweight[ids].float() * self.scales[ids].float()[..., None]).to(self.out_dtype)
+
+    def prepare(self) -> None:
+        pass
+
+
+class BF16Embedding(_Quantized):
+    """A bf16 table whose lookups are returned in the compute dtype (the residual stream
+    must not silently become bf16)."""
+    fmt = "bf16"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, out_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, out_dtype
+        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.bfloat16, device=device))
+
+    @classmethod
+    def from_float(cls, w: torch.Tensor) -> "BF16Embedding":
+        m = cls(w.shape[0], w.shape[1], out_dtype=w.dtype)
+        m.weight = w.detach().to(torch.bfloat16).contiguous()
+        return m
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].to(self.out_dtype)
+
+    def prepare(self) -> None:
+        pass

@@ -1,0 +1,140 @@
+"""The module swap: which module of an `Olmo2` becomes which quantized module, and doing it.
+
+    cfg = QuantConfig("int4", group_size=128)
+    plan = quant_plan(model, cfg)        # {"model.layers.0.self_attn.q_proj": TensorPlan("int4", 128), ...}
+    quantize_model(model, "int4", group_size=128)   # in place; returns the model
+
+The plan is also what a quantized checkpoint's metadata records (olmo2/quant/io.py), so a
+load rebuilds exactly the modules that were saved.
+
+Rules (each measured; see benchmarks/RESULTS.md, "Quantized kernels" and the quality report):
+- Every block linear takes the mode's format.
+- **int4 needs the group size to divide in_features.** A linear where it does not (tiny
+  test shapes: d_model 64 with group 128) is stored **int8** instead — never silently
+  a different group size, so one checkpoint has one group size — and the plan says so.
+- **LM head**: quantized like the other linears by default (`lm_head=None`): at the 1B
+  it is 16% of the bytes read per token, so leaving it wide costs speed in every mode.
+  `lm_head="int8"` keeps it at int8 in int4 mode (what llama.cpp's Q4_0 does with Q6_K),
+  for when the report shows the int4 head costs too much quality.
+- **Embedding**: int8 rows in int8/int4 mode, bf16 in bf16 mode. A decode step gathers one
+  row, so the table's format never costs speed, only memory: int8 is 1/4 of fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from olmo2.errors import ConfigError
+from olmo2.quant import formats
+from olmo2.quant.linear import BF16Embedding, BF16Linear, Int4Linear, Int8Embedding, Int8Linear
+
+MODES = ("int8", "int4", "bf16")
+DEFAULT_GROUP_SIZE = 128
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize a model."""
+    mode: str                      # int8 | int4 | bf16: the format of the block linears
+    group_size: int = DEFAULT_GROUP_SIZE   # int4 only: input columns per scale/zero
+    lm_head: str | None = None     # None: like the blocks; or int8 | int4 | bf16
+    embedding: str | None = None   # None: int8 (int8/int4 modes) or bf16 (bf16 mode)
+
+    def validated(self) -> "QuantConfig":
+        if self.mode not in MODES:
+            raise ConfigError(f"quant mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.group_size not in formats.INT4_GROUP_SIZES:
+            raise ConfigError(f"--group-size {self.group_size}: use one of "
+                              f"{', '.join(map(str, formats.INT4_GROUP_SIZES))}")
+        if self.lm_head is not None and self.lm_head not in MODES:
+            raise ConfigError(f"lm_head format {self.lm_head!r}: use one of {', '.join(MODES)}")
+        if self.embedding is not None and self.embedding not in ("int8", "bf16"):
+            raise ConfigError(f"embedding format {self.embedding!r}: use int8 or bf16")
+        return self
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One module's stored format (group_size only for int4)."""
+    fmt: str
+    group_size: int | None = None
+
+
+def _linear_plan(fmt: str, in_features: int, group_size: int) -> TensorPlan:
+    if fmt == "int4":
+        if formats.int4_group_fits(in_features, group_size):
+            return TensorPlan("int4", group_size)
+        return TensorPlan("int8")  # the non-divisible rule (module docstring)
+    return TensorPlan(fmt)
+
+
+def quant_plan(model: nn.Module, cfg: QuantConfig) -> dict[str, TensorPlan]:
+    """Module name → format, for every Linear and Embedding of `model`."""
+    cfg = cfg.validated()
+    plan: dict[str, TensorPlan] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding):
+            plan[name] = TensorPlan(cfg.embedding or ("bf16" if cfg.mode == "bf16" else "int8"))
+        elif isinstance(m, nn.Linear):
+            fmt = cfg.lm_head if name == "lm_head" and cfg.lm_head else cfg.mode
+            plan[name] = _linear_plan(fmt, m.in_features, cfg.group_size)
+    return plan
+
+
+def empty_module(old: nn.Module, tp: TensorPlan) -> nn.Module:
+    """The quantized module for `old` with uninitialised buffers (filled by a load)."""
+    dtype = old.weight.dtype if old.weight.dtype.is_floating_point else torch.float32
+    if isinstance(old, nn.Embedding):
+        cls = {"int8": Int8Embedding, "bf16": BF16Embedding}[tp.fmt]
+        return cls(old.num_embeddings, old.embedding_dim, out_dtype=dtype, device=old.weight.device)
+    if tp.fmt == "int4":
+        m = Int4Linear(old.in_features, old.out_features, tp.group_size, device=old.weight.device)
+    else:
+        m = {"int8": Int8Linear, "bf16": BF16Linear}[tp.fmt](old.in_features, old.out_features,
+                                                               device=old.weight.device)
+    m.compute_dtype = dtype
+    return m
+
+
+def quantized_module(old: nn.Module, tp: TensorPlan) -> nn.Module:
+    """The quantized module holding `old`'s weight in format `tp`."""
+    w = old.weight.detach()
+    if isinstance(old, nn.Embedding):
+        cls = {"int8": Int8Embedding, "bf16": BF16Embedding}[tp.fmt]
+        return cls.from_float(w)
+    m = Int4Linear.from_float(w, tp.group_size) if tp.fmt == "int4" else \
+        {"int8": Int8Linear, "bf16": BF16Linear}[tp.fmt].from_float(w)
+    m.compute_dtype = w.dtype
+    return m
+
+
+def swap_modules(model: nn.Module, plan: dict[str, TensorPlan], build) -> nn.Module:
+    """Replace each planned module by `build(old, plan)`, in place."""
+    for name, tp in plan.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, build(getattr(parent, attr), tp))
+    return model
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """Pack every quantized module's weights for the kernels this CPU will use."""
+    from olmo2.quant.linear import _Quantized
+    for m in model.modules():
+        if isinstance(m, _Quantized):
+            m.prepare()
+    return model
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE,
+                   lm_head: str | None = None, embedding: str | None = None) -> nn.Module:
+    """Quantize `model` (an `Olmo2`) in place; its float weights are released module by module."""
+    cfg = QuantConfig(mode, group_size, lm_head, embedding).validated()
+    plan = quant_plan(model, cfg)
+    swap_modules(model, plan, quantized_module)
+    model.quant_plan = plan
+    model.quant_config = cfg
+    return prepare(model)
