@@ -235,3 +235,17 @@ def test_unsupported_pre_tokenizer_is_refused(demo_ckpt, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(tj))
     assert main(["convert", "gguf", str(other), "--out", str(tmp_path / "w.gguf")]) == 2
     assert not (tmp_path / "w.gguf").exists()
+
+
+def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tmp_path):
+    """ffn_down's rows are d_ff = 100 long, not a multiple of the 32-value block: that tensor
+    is stored F16 (as llama.cpp's converter does), the others still Q8_0."""
+    tok = demo_tokenizer(tmp_path)
+    d, model = make_checkpoint(tmp_path / "m", tok, d_ff=100, n_layers=1)
+    r = _convert(d, tmp_path / "m.gguf", "--type", "q8_0")
+    Q = gguf.GGMLQuantizationType
+    types = {t.name: t.tensor_type for t in r.tensors}
+    assert types["blk.0.ffn_down.weight"] == Q.F16 and types["blk.0.ffn_up.weight"] == Q.Q8_0
+    t = next(t for t in r.tensors if t.name == "blk.0.ffn_down.weight")
+    w = model.state_dict()["model.layers.0.mlp.down_proj.weight"]
+    np.testing.assert_array_equal(np.asarray(t.data).reshape(w.shape), w.half().numpy())
