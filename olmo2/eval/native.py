@@ -248,12 +248,11 @@ class NativeBackend:
         done = [False] * G
         key_ok = torch.ones(G, P + S + n_new, dtype=torch.bool, device=dev)
         key_ok[:, P:P + S] = torch.arange(S, device=dev)[None, :] < lens[:, None]
+        live = list(range(G))  # batch row -> prompt index; finished rows leave the batch
         for t in range(n_new):
-            tok = logits.argmax(-1)  # greedy; ties → lowest id, as torch and transformers do
-            for g in range(G):
-                if done[g]:
-                    continue
-                tid = int(tok[g])
+            toks = logits.argmax(-1).tolist()  # greedy (ties → lowest id, as torch/transformers); one host sync
+            for r, g in enumerate(live):
+                tid = toks[r]
                 if tid == self.eos_id:
                     done[g] = True
                     continue
@@ -262,6 +261,18 @@ class NativeBackend:
                     done[g] = True
             if all(done) or t == n_new - 1:
                 break
+            keep = [r for r, g in enumerate(live) if not done[g]]
+            tok = torch.tensor([toks[r] for r in keep], dtype=torch.long, device=dev)
+            if len(keep) < len(live):
+                # Rows that finished stop costing work: drop them from the writable KV tail and
+                # every per-row tensor (the shared prefix segment is broadcast, nothing to drop).
+                # Row values are unchanged, so outputs equal decoding without compaction.
+                idx = torch.tensor(keep, device=dev)
+                cache.k = [k.index_select(0, idx) for k in cache.k]
+                cache.v = [v.index_select(0, idx) for v in cache.v]
+                cache.rows = len(keep)
+                key_ok, lens = key_ok.index_select(0, idx), lens.index_select(0, idx)
+                live = [live[r] for r in keep]
             pos = (P + lens + t).clamp(max=self.max_length - 1)[:, None]
             mask = key_ok[:, None, None, :P + S + t + 1]
             logits = model(tok[:, None], positions=pos, cache=cache, attn_mask=mask)[:, -1]
