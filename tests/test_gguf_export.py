@@ -249,3 +249,17 @@ def test_rows_that_are_not_whole_blocks_fall_back_to_f16(tmp_path):
     t = next(t for t in r.tensors if t.name == "blk.0.ffn_down.weight")
     w = model.state_dict()["model.layers.0.mlp.down_proj.weight"]
     np.testing.assert_array_equal(np.asarray(t.data).reshape(w.shape), w.half().numpy())
+
+
+def test_bf16_checkpoint_exports_its_own_bits(tmp_path):
+    """A bf16-stored checkpoint: --type bf16 writes the stored bits unchanged, f32 their exact upcast."""
+    from olmo2.checkpoint import load_model
+    tok = demo_tokenizer(tmp_path)
+    d, _ = make_checkpoint(tmp_path / "m", tok, n_layers=1, dtype=torch.bfloat16)
+    stored = load_model(d, dtype=None).state_dict()["model.layers.0.self_attn.q_proj.weight"]
+    assert stored.dtype == torch.bfloat16
+    for qtype in ("bf16", "f32"):
+        r = _convert(d, tmp_path / f"m.{qtype}.gguf", "--type", qtype)
+        t = next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(stored.shape)
+        np.testing.assert_array_equal(got, stored.float().numpy())
