@@ -4,23 +4,35 @@
     result = train(preset("olmo2-1b"), TrainConfig(), loader, "runs/stage1")
     # many processes:  torchrun --nproc-per-node 8 -m olmo2 train ...   (see train_main)
 
-Data protocol (`data`): any object that is iterable and yields dicts with
+Data protocol (`data`): any object that is iterable and yields one dict of tensors per
+optimizer step, each tensor with B_local = global_batch_size / world_size rows on dim 0
+(this rank's rows); for the default LM objective
     input_ids  LongTensor [B_local, T]
     labels     LongTensor [B_local, T]   UNSHIFTED: labels[:, t] = input_ids[:, t] or -100;
                                          the loop shifts (logits[:, :-1] vs labels[:, 1:])
-one dict per optimizer step, B_local = global_batch_size / world_size (this rank's rows),
+    position_ids, doc_ids [B_local, T]   optional, for packed rows (no cross-document attention)
 and, for resume, `state_dict() -> dict` (the position AFTER the last batch handed out;
 so no prefetching iterators) and `load_state_dict(dict)` (then `iter()` is called anew).
-`olmo2.data.loader.Loader` implements it.
+`olmo2.data.loader.Loader` implements it. Other objectives read other keys.
 
-Per step: micro-batches of `micro_batch_size` rows run forward/backward with the loss
+Objective (`objective=`, default `LMObjective()`; the interface is documented in
+olmo2/train/objective.py): per step the loop all-reduces N = Σ_ranks
+objective.normaliser(batch), slices every tensor of the batch along dim 0 into micro-batches
+of `micro_batch_size` rows, and backpropagates objective.micro_batch(...)[0] / N for each,
+so accumulation and world size do not change the gradient. For the LM objective that is
     (Σ CE + z_coeff · Σ logsumexp²) over non-ignored tokens / N_global
-where N_global counts the non-ignored target tokens of the whole global batch (all
-micro-batches, all-reduced over ranks first), so accumulation and world size do not change
-the gradient. Then global-norm clipping, and an AdamW step unless the loss or the grad norm
-is NaN/Inf (then the step is skipped and logged; `max_consecutive_skips` in a row abort
+where N_global counts the non-ignored target tokens of the whole global batch. Then
+global-norm clipping, and an AdamW step unless the loss, a metric or the grad norm is
+NaN/Inf (then the step is skipped and logged; `max_consecutive_skips` in a row abort
 with an Olmo2Error naming the last good checkpoint). The LR of step n is
-schedule.lr(n × tokens_per_step): tokens include the step being taken.
+schedule.lr(n × tokens_per_step): tokens include the step being taken
+(tokens_per_step = global_batch_size × objective.row_tokens(batch)).
+
+Training only some parameters (LoRA, olmo2/post/lora.py): pass `model=` with the frozen
+parameters at requires_grad=False; the optimizer holds only trainable ones, checkpoints
+hold all. Plug-ins that need the live model (a frozen reference model derived from it,
+GRPO rollouts): give the objective and/or the data source a `bind(model)` method; the loop
+calls it once after the model is built, sharded and restored, before the first batch.
 
 Hooks: `callbacks` get `on_step_end(state)`, `on_checkpoint(path)`, `on_train_end(result)`;
 `eval_hook(model, state) -> dict | None` runs every `eval_every` steps and at the end.
@@ -52,6 +64,7 @@ from olmo2.train import parallel, state as ckpt
 from olmo2.train.config import TrainConfig
 from olmo2.train.init import build_model
 from olmo2.train.loss import IGNORE_INDEX, chunked_lm_loss_sums, lm_loss_sums  # noqa: F401 (re-export)
+from olmo2.train.objective import LMObjective, Objective, micro_batch_loss  # noqa: F401 (re-export)
 from olmo2.train.metrics import MetricsLogger, memory_gb, peak_flops
 from olmo2.train.optim import adamw_kernel, build_optimizer, set_lr
 from olmo2.train.resume import clean_run_temps, clear_run, restore
@@ -100,19 +113,17 @@ class Callback:
     def on_train_end(self, result: TrainResult) -> None: ...
 
 
-def micro_batch_loss(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ CE, Σ z) of one micro-batch: chunked from the hidden states (cfg.loss_chunk_tokens)
-    or from the full logits."""
-    with autocast:
-        if cfg.loss_chunk_tokens:
-            # Under FSDP2 the root module (which owns lm_head) stays unsharded after its
-            # forward until backward, so its full weight can be used here.
-            h = model(ids, head=False)
-            return chunked_lm_loss_sums(h, parallel.unwrap(model).lm_head.weight, labels, cfg.z_loss_coeff,
-                                        cfg.loss_chunk_tokens)
-        logits = model(ids)
-    return lm_loss_sums(logits, labels, cfg.z_loss_coeff)
+def _reduce_metrics(sums: dict[str, list], denom: torch.Tensor, device) -> dict[str, float]:
+    """Σ over ranks of each metric's [numerator, denominator], then the ratio; a metric
+    without a denominator of its own is divided by the step's normaliser (like the loss).
+    One all-reduce for all of them; every rank must report the same metric keys."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    flat = torch.stack([torch.stack([sums[k][0], sums[k][1] if sums[k][1] is not None
+                                     else torch.zeros((), device=device, dtype=torch.float64)]) for k in keys])
+    flat = parallel.all_reduce_sum(flat)
+    return {k: float(flat[i, 0] / (flat[i, 1] if sums[k][1] is not None else denom)) for i, k in enumerate(keys)}
 
 
 def _seed_all(seed: int) -> None:
@@ -135,7 +146,7 @@ def _scalar(t) -> float:
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | os.PathLike,
           eval_hook: Callable[[nn.Module, TrainState], dict | None] | None = None,
           callbacks: list[Callback] | tuple = (), model: nn.Module | None = None,
-          restart: bool = False) -> TrainResult:
+          restart: bool = False, objective: Objective | None = None) -> TrainResult:
     """Train (or resume) per train_cfg on `data` (see the module docstring), writing
     checkpoints, metrics.jsonl and loss.png under out_dir. By default the model is built on
     the meta device, sharded, then initialised per shard (`olmo2.train.init.build_model`:
@@ -161,11 +172,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: str | o
         parallel.barrier()
         if restart:
             train_cfg = train_cfg.replace(resume=None)
-        return _train(model_cfg, train_cfg, data, out_dir, device, eval_hook, callbacks, model)
+        return _train(model_cfg, train_cfg, data, out_dir, device, eval_hook, callbacks, model,
+                      objective or LMObjective())
 
 
 def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, device,
-           eval_hook, callbacks, model) -> TrainResult:
+           eval_hook, callbacks, model, objective: Objective) -> TrainResult:
     cfg = train_cfg
     rank, world = parallel.rank(), parallel.world_size()
     if cfg.global_batch_size % (world * cfg.micro_batch_size):
@@ -243,6 +255,10 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
     total = [x for x in (cfg.max_tokens, cfg.max_steps and cfg.max_steps * cfg.global_batch_size * cfg.seq_len)
              if x is not None]
     progress = Progress(max(min(total) - tokens, 1), desc="train", unit="tok", enabled=cfg.progress and rank == 0)
+    # Plug-ins that need the live (built, sharded, restored) model: a reference model, rollouts.
+    for part in (objective, data):
+        if hasattr(part, "bind"):
+            part.bind(model)
     it = iter(data)
     try:
         while not _done(cfg, step, tokens):
@@ -252,37 +268,43 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
             except StopIteration:
                 parallel.print0(f"data exhausted after step {step}; stopping")
                 break
-            ids, labels = batch["input_ids"], batch["labels"]
-            B, T = ids.shape
-            if B != local_batch or labels.shape != ids.shape:
-                raise DataError(f"batch input_ids {tuple(ids.shape)} / labels {tuple(labels.shape)}: expected "
-                                f"{local_batch} rows per rank (global_batch_size {cfg.global_batch_size} / "
-                                f"world_size {world}) and equal shapes")
+            if not isinstance(batch, dict):
+                raise DataError(f"the data source must yield dicts of tensors (got {type(batch).__name__})")
+            objective.check_batch(batch, local_batch)
+            T = objective.row_tokens(batch)
             if T > model_cfg.max_seq_len:  # the RoPE table lookup would raise a bare IndexError
                 raise DataError(f"batch of {T} tokens per row exceeds model.max_seq_len {model_cfg.max_seq_len}; "
                                 f"the data source must yield rows of at most that length (train.seq_len)")
-            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
             step_tokens = cfg.global_batch_size * T
             lr = schedule.lr(tokens + step_tokens)
             set_lr(optimizer, lr)
-            n_global = parallel.all_reduce_sum((labels[:, 1:] != IGNORE_INDEX).sum().to(torch.float64))
+            n_global = parallel.all_reduce_sum(objective.normaliser(batch).to(torch.float64).reshape(()))
             denom = n_global.clamp(min=1.0)
 
-            sums = torch.zeros(2, device=device, dtype=torch.float64)
-            n_micro = B // cfg.micro_batch_size
+            # Σ over micro-batches of each metric: [numerator, denominator] in fp64; a plain
+            # tensor metric is normalised like the loss (its denominator is added once below).
+            sums: dict[str, list] = {}
+            n_micro = local_batch // cfg.micro_batch_size
             for i in range(n_micro):
                 sl = slice(i * cfg.micro_batch_size, (i + 1) * cfg.micro_batch_size)
+                mb = {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 with parallel.grad_sync(model, mode, sync=i == n_micro - 1):
-                    ce, z = micro_batch_loss(model, ids[sl], labels[sl], cfg, autocast)
-                    loss = (ce + cfg.z_loss_coeff * z) / denom
-                    (loss * scale).backward()
-                sums += torch.stack([ce.detach(), z.detach()]).to(sums.dtype)
-                del loss
-            sums = parallel.all_reduce_sum(sums) / denom
-            ce_loss, z_loss = float(sums[0]), cfg.z_loss_coeff * float(sums[1])
+                    loss_sum, metrics = objective.micro_batch(model, mb, cfg, autocast)
+                    ((loss_sum / denom) * scale).backward()
+                for k, v in metrics.items():
+                    num, den = v if isinstance(v, tuple) else (v, None)
+                    acc = sums.setdefault(k, [torch.zeros((), device=device, dtype=torch.float64), None])
+                    acc[0] = acc[0] + num.detach().to(torch.float64)
+                    if den is not None:
+                        acc[1] = (0 if acc[1] is None else acc[1]) + den.detach().to(torch.float64)
+                del loss_sum, metrics, mb
+            logged = _reduce_metrics(sums, denom, device)
+            ce_loss, z_loss = logged.get("loss", float("nan")), logged.get("z_loss", 0.0)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
             gnorm = _scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            finite = math.isfinite(ce_loss) and math.isfinite(z_loss) and math.isfinite(gnorm)
+            finite = all(math.isfinite(v) for v in logged.values()) and math.isfinite(gnorm)
             if finite:
                 optimizer.step()
                 skips = 0
@@ -301,8 +323,9 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, data, out_dir: Path, 
             state.step, state.tokens, state.loss, state.z_loss = step, tokens, ce_loss, z_loss
             state.grad_norm, state.lr, state.skipped, state.consecutive_skips = gnorm, lr, not finite, skips
             if step % cfg.log_every == 0 or not finite:
+                extra = {k: v for k, v in logged.items() if k not in ("loss", "z_loss")}
                 logger.log({"step": step, "tokens": tokens, "loss": ce_loss, "z_loss": z_loss,
-                            "total_loss": ce_loss + z_loss, "grad_norm": gnorm, "lr": lr,
+                            "total_loss": ce_loss + z_loss, **extra, "grad_norm": gnorm, "lr": lr,
                             "tokens_per_s": tps, "mfu": mfu, "mem_gb": memory_gb(device),
                             "skipped": not finite, "time": time.time()})
             progress.update(step_tokens, step=step, loss=ce_loss, lr=lr)
