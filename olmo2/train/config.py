@@ -120,8 +120,10 @@ class TrainConfig:
 
     # ---- precision and parallelism --------------------------------------------------
     precision: str = "auto"
-    """auto | fp32 | bf16: auto = bf16 on GPU, fp32 on CPU. bf16 means bf16 autocast
-    (none/ddp) or FSDP2 MixedPrecisionPolicy(param bf16, reduce fp32)."""
+    """auto | fast | fp32 | bf16: auto = bf16 on GPU, fp32 on CPU; fast = bf16 on GPU and
+    on CPUs with native bf16 dot products (AMX / AVX-512 BF16), fp32 on others (AVX2-only
+    CPUs emulate bf16 GEMM, ~7x slower). bf16 means bf16 autocast (none/ddp) or FSDP2
+    MixedPrecisionPolicy(param bf16, reduce fp32); parameters and AdamW state stay fp32."""
     parallel: str = "fsdp"
     """fsdp | ddp | none: FSDP2 fully_shard per block then root; DDP; or plain. Falls
     back to none when running as a single process."""
@@ -172,8 +174,8 @@ class TrainConfig:
             raise ConfigError("invalid train config: " + "; ".join(p))
         if self.schedule not in SCHEDULES:
             p.append(f"schedule must be one of {SCHEDULES} (got {self.schedule!r})")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            p.append(f"precision must be auto|fp32|bf16 (got {self.precision!r})")
+        if self.precision not in ("auto", "fast", "fp32", "bf16"):
+            p.append(f"precision must be auto|fast|fp32|bf16 (got {self.precision!r})")
         if self.parallel not in ("fsdp", "ddp", "none"):
             p.append(f"parallel must be fsdp|ddp|none (got {self.parallel!r})")
         if self.lr < 0 or not (0 <= self.alpha_f <= 1):

@@ -90,10 +90,41 @@ def build_mesh(device: torch.device):
     return init_device_mesh(device.type, (world_size(),), mesh_dim_names=("dp",))
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere: then no native bf16 is assumed)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bf16_reason() -> str:
+    """Why `precision=fast` trains in bf16 or fp32 on this CPU, one line ("bf16: ..." / "fp32: ...").
+
+    bf16 only where the CPU has bf16 dot products (AMX or AVX-512 BF16) AND torch dispatches
+    its AVX-512 kernels: on an AVX2-only CPU (AMD Zen 3) bf16 GEMM is emulated, ~7x slower
+    than fp32 (../shared/docs/cpu-baseline.md). `ATEN_CPU_CAPABILITY=avx2` forces the fp32
+    path on any CPU (how the fallback is tested here)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    native = sorted({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    if not native:
+        return f"fp32: this CPU has no bf16 dot products (no amx_bf16/avx512_bf16 flag; torch {cap})"
+    if not cap.upper().startswith("AVX512"):
+        return f"fp32: torch dispatches {cap} kernels here (ATEN_CPU_CAPABILITY?), which emulate bf16"
+    return f"bf16: {'/'.join(native)} with torch {cap} kernels"
+
+
 def resolve_precision(cfg, device: torch.device) -> torch.dtype:
-    """fp32 or bf16 compute dtype from cfg.precision (auto: bf16 on GPU, fp32 on CPU)."""
-    if cfg.precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """fp32 or bf16 compute dtype from cfg.precision: auto = bf16 on GPU, fp32 on CPU;
+    fast = bf16 on GPU and on CPUs with native bf16 (`cpu_bf16_reason`), else fp32."""
+    if cfg.precision in ("auto", "fast") and device.type != "cpu":
+        return torch.bfloat16
+    if cfg.precision == "fast":
+        return torch.bfloat16 if cpu_bf16_reason().startswith("bf16") else torch.float32
     return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
 
@@ -128,9 +159,17 @@ def parallelize(model: nn.Module, cfg, mesh, device: torch.device | None = None)
             CheckpointImpl, checkpoint_wrapper)
         for i, block in enumerate(layers):
             layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
-    if cfg.compile:
+    no_compiler = compiler_missing(device) if cfg.compile else None
+    if no_compiler:
+        print0(f"train.compile: {no_compiler}; training eager (same results, slower)")
+    elif cfg.compile:
+        # Per block, in place (parameter names stay unchanged). The blocks share one code
+        # object, so Dynamo compiles the forward/backward once and every later block, and
+        # every later stage in the same process (`olmo2 replicate`), reuses it. On the tiny
+        # recipe this fuses the many small elementwise ops (norms, RoPE, SwiGLU, residuals)
+        # that dominate an eager step at d_model 128 (benchmarks/cpu_train.py).
         for block in layers:
-            block.compile()  # in place: parameter names stay unchanged
+            block.compile()
     compute = resolve_precision(cfg, device)
     meta = any(p.is_meta for p in model.parameters())
     if mode == "fsdp":
@@ -164,6 +203,19 @@ def grad_sync(model: nn.Module, mode: str, sync: bool):
             yield
     else:
         yield
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on `device` here (None if it can): on a CPU Inductor
+    needs a C++ compiler (g++/clang++, or $CXX), which a fresh machine may lack."""
+    if device.type != "cpu":
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 (torch raises a bare RuntimeError or its own types)
+        return f"no C++ compiler for Inductor ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
 
 
 def use_autocast(cfg, device: torch.device) -> bool:
