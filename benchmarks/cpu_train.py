@@ -56,7 +56,7 @@ def _worker(kind: str, steps: int, threads: int, batch: int, seq: int) -> dict:
         dtype = parallel.resolve_precision(tc, cpu)
         autocast = torch.autocast("cpu", dtype=dtype) if parallel.use_autocast(tc, cpu) else contextlib.nullcontext()
         info = {"compile": tc.compile, "precision": str(dtype).removeprefix("torch."),
-                "cpu": parallel.cpu_bf16_reason()}
+                "cpu": parallel.cpu_bf16_reason() if tc.precision == "fast" else None}
 
         def step():
             ce, z = micro_batch_loss(model, x, x, tc, autocast)
