@@ -54,7 +54,7 @@ _TRACE_MARKERS = re.compile(r"^(index\.json|shards)$")
 # An `olmo2 eval` run: results.json and one <task>/predictions.jsonl per task (replaced whole).
 _EVAL_TASK_DIR = re.compile(r"^[a-z0-9_]+$")
 # Entries that mark an `olmo2 replicate` directory.
-_REPLICATE_MARKERS = re.compile(r"^(data|stage1|stage2-seed\d+|soup|report\.md|results\.json)$")
+_REPLICATE_MARKERS = re.compile(r"^(data|stage1|stage2-seed\d+|soup|post|report\.md|results\.json)$")
 
 KINDS = {"hf": "an HF checkpoint", "demo": "a demo corpus", "run": "a training run directory",
          "shards": "a token-shard directory", "replicate": "an olmo2 replicate directory",

@@ -116,10 +116,18 @@ def register(sub) -> None:
                     "seeds (stage 2), soup them, evaluate and write a Markdown report with loss "
                     "curves; every model it leaves is an HF directory with a model card.",
         epilog="examples:\n  olmo2 replicate --recipe tiny            # `make demo`\n"
-               "  olmo2 replicate --recipe tiny --quick    # `make demo-quick`")
+               "  olmo2 replicate --recipe tiny --quick    # `make demo-quick`\n"
+               "  olmo2 replicate --recipe tiny --through instruct             # + SFT → DPO → RLVR\n"
+               "  olmo2 replicate --recipe tiny --through instruct --from-run runs/replicate-tiny --out runs/instruct")
     p.add_argument("--recipe", default="tiny", help="replication to run (tiny; the published recipes need `train`)")
     p.add_argument("--quick", action="store_true", help="a ~3-minute variant (fewer steps)")
-    p.add_argument("--out", default=None, help="output directory (default runs/replicate-<recipe>[-quick])")
+    p.add_argument("--out", default=None, help="output directory (default runs/replicate-<recipe>[-quick], "
+                                               "or --from-run's directory)")
+    p.add_argument("--through", default="pretrain", choices=("pretrain", "sft", "dpo", "instruct"),
+                   help="stop after pretraining (the default), or post-train on offline data through SFT, "
+                        "DPO or RLVR (instruct), each stage measured against the one before (olmo2.post.chain)")
+    p.add_argument("--from-run", default=None, metavar="DIR",
+                   help="post-train the soup of an existing replicate run DIR instead of pretraining again")
     p.set_defaults(func=run_replicate)
 
     p = sub.add_parser(
@@ -218,8 +226,21 @@ def run_soup(args) -> int:
 def run_replicate(args) -> int:
     from olmo2.outdir import check_out
     from olmo2.replicate import default_out, print_result, replicate
-    check_out(args.out or default_out(args.recipe, args.quick), "replicate")
-    print_result(replicate(args.recipe, args.out, quick=args.quick))
+    if args.from_run is not None:
+        from olmo2.post.chain import base_of_run
+        if args.through == "pretrain":
+            raise Olmo2Error("--from-run: it post-trains an existing run; add --through sft|dpo|instruct")
+        base, out = base_of_run(args.from_run), args.out or args.from_run
+        check_out(out, "replicate", inputs=[] if out == args.from_run else [args.from_run])
+    else:
+        out = args.out or default_out(args.recipe, args.quick)
+        check_out(out, "replicate")
+        res = replicate(args.recipe, out, quick=args.quick)
+        print_result(res)
+        base = res.final_model
+    if args.through != "pretrain":
+        from olmo2.post.chain import print_chain, tiny_chain
+        print_chain(tiny_chain(base, out, through=args.through, quick=args.quick))
     return 0
 
 

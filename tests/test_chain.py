@@ -1,0 +1,140 @@
+"""The chain's measures (olmo2.post.chat_eval) and its PASS/FAIL logic (olmo2.post.chain) on a
+tiny random model with a BPE trained in the test: log-likelihoods against a plain forward,
+EOS/turn-tag detection against the generated ids, intervals against hand-computed means."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from olmo2.config import preset
+from olmo2.data.bpe import train_bpe
+from olmo2.model import Olmo2
+from olmo2.post.chain import ChainSpec, chain_section, stage_checks
+from olmo2.post.chat_eval import (chat_arithmetic, mean_ci, paired_diff, preference_accuracy, preference_logps,
+                                  reward_margins, sampled_reward)
+from olmo2.post.demo_data import arith_dpo, phrasings, solution
+from olmo2.tokenizer import Tokenizer, render_chat
+
+KEYS = [("add", 1, 2, 3), ("sub", 4, 5, 2), ("add", 2, 2, 2), ("sub", 3, 3, 1)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    texts = [render_chat([{"role": "user", "content": q}, {"role": "assistant", "content": solution(k)}],
+                         add_generation_prompt=False, add_bos=True) for k in KEYS for q in phrasings(k)] * 20
+    tok = Tokenizer.from_file(train_bpe(texts, 300, out_path=d / "tokenizer.json"))
+    cfg = preset("tiny-demo").replace(vocab_size=((tok.vocab_size + 63) // 64) * 64, d_model=32, n_layers=1,
+                                      n_heads=2, n_kv_heads=2, d_ff=64, eos_token_id=tok.eos_id,
+                                      pad_token_id=tok.pad_id)
+    torch.manual_seed(0)
+    return Olmo2(cfg).eval(), tok
+
+
+def _problems():
+    return [{"question": phrasings(k)[0], "answer": (k[1] + k[2] + k[3]) if k[0] == "add" else k[1] + k[2] - k[3]}
+            for k in KEYS]
+
+
+def test_preference_logps_equal_a_plain_forward(tiny):
+    from olmo2.eval.native import NativeBackend
+    from olmo2.eval.scoring import encode_pair
+    model, tok = tiny
+    import random
+    pairs = arith_dpo(KEYS, 6, random.Random(0))
+    lp = preference_logps(NativeBackend(model, tok, batch_size=4), pairs)
+    for p, (c, r) in zip(pairs, lp):
+        for msgs, got in ((p["chosen"], c), (p["rejected"], r)):
+            # `olmo2 eval`'s pair rule (the context's trailing "\n" moves into the continuation)
+            ctx_ids, cont = encode_pair(tok.encode, render_chat(msgs[:-1], add_generation_prompt=True, add_bos=True),
+                                        msgs[-1]["content"] + "<|endoftext|>")
+            full = ctx_ids + cont
+            assert cont[-1] == tok.eos_id
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([full])).double(), -1)[0]
+            want = sum(float(logp[i - 1, full[i]]) for i in range(len(ctx_ids), len(full))) / (len(full) - len(ctx_ids))
+            assert got == pytest.approx(want, abs=1e-4)
+    acc = preference_accuracy(lp)
+    assert acc == [int(c > r) for c, r in lp]
+    assert reward_margins(lp, lp, 5.0) == [0.0] * len(lp)   # the reference itself has margin 0
+
+
+def test_chat_arithmetic_reads_eos_and_turn_tags_from_the_ids(tiny, monkeypatch):
+    model, tok = tiny
+    probs = _problems()
+    r = chat_arithmetic(model, tok, probs, max_new_tokens=12)
+    assert r.n == 4 and len(r.replies) == 4
+    # an untrained model: whatever it says, the flags must agree with its own greedy ids
+    from olmo2.infer.generate import generate
+    for p, text, eos, clean in zip(probs, r.replies, r.eos, r.clean):
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": p["question"]}], add_bos=True))
+        out = generate(model, [ids], max_new_tokens=12, temperature=0, eos_token_id=tok.eos_id)[0, len(ids):].tolist()
+        assert eos == int(tok.eos_id in out)
+        assert clean == int(eos and "answer is" in text and not any(t in text for t in ("<|user|>", "<|assistant|>")))
+    # a model that replies with the right worked answer and EOS is correct and clean; one that
+    # invents the next turn is neither clean nor (its last number being the invented turn's) correct
+    import olmo2.post.chat_eval as ce
+    monkeypatch.setattr(ce, "_replies", lambda m, t, qs, *a: [(solution(k), True) for k in KEYS])
+    good = chat_arithmetic(model, tok, probs)
+    assert good.hits == [1, 1, 1, 1] and good.clean == [1, 1, 1, 1]
+    monkeypatch.setattr(ce, "_replies", lambda m, t, qs, *a: [
+        (solution(k) + "\n<|user|>\nWhat is 9 + 9 + 9?\n<|assistant|>\n9 + 9 = 18. 18 + 9 = 27.", True) for k in KEYS])
+    bad = chat_arithmetic(model, tok, probs)
+    assert bad.hits == [0, 0, 0, 0] and bad.clean == [0, 0, 0, 0]
+    monkeypatch.setattr(ce, "_replies", lambda m, t, qs, *a: [("3. 3. 3.", True), (solution(KEYS[1]), False),
+                                                               (solution(KEYS[2]), True), ("5", True)])
+    mixed = chat_arithmetic(model, tok, probs)   # no answer stated / no EOS / clean / right but unformatted
+    assert mixed.clean == [0, 0, 1, 0] and mixed.hits == [0, 1, 1, 1] and mixed.eos == [1, 0, 1, 1]
+
+
+def test_sampled_reward_is_seeded(tiny):
+    model, tok = tiny
+    a = sampled_reward(model, tok, _problems(), samples=2, seed=3, max_new_tokens=6)
+    b = sampled_reward(model, tok, _problems(), samples=2, seed=3, max_new_tokens=6)
+    assert a == b and len(a) == 4 and all(x in (0.0, 5.0, 10.0) for x in a)
+
+
+def test_intervals_against_hand_values():
+    est, lo, hi = mean_ci([1.0, 0.0, 1.0, 1.0], n_boot=500)
+    assert est == 0.75 and 0 <= lo <= est <= hi <= 1
+    est, lo, hi = paired_diff([1, 1, 1, 0], [0, 1, 0, 0], n_boot=500)
+    assert est == 0.5 and lo <= 0.5 <= hi
+    with pytest.raises(ValueError):
+        paired_diff([1], [1, 0])
+
+
+def _evals(hits, clean, pref, reward):
+    n = len(hits)
+    return {"hits": hits, "clean": clean, "pref_logps": pref, "reward": reward,
+            "arith": {"n": n}}
+
+
+def test_stage_checks_pass_and_fail_from_the_figures():
+    n = 200
+    base = _evals([0] * n, [0] * n, [(-2.0, -1.0)] * n, [0.0] * n)
+    sft = _evals([1] * (n // 2) + [0] * (n // 2), [1] * n, [(-1.0, -1.5)] * (n // 2) + [(-2.0, -1.0)] * (n // 2),
+                 [2.0] * n)
+    dpo = _evals(sft["hits"], sft["clean"], [(-0.5, -3.0)] * n, [2.0] * n)
+    rlvr = _evals(sft["hits"], sft["clean"], dpo["pref_logps"], [2.0] * n)      # no reward gain
+    checks = stage_checks({"base": base, "sft": sft, "dpo": dpo, "rlvr": rlvr}, ChainSpec(n_boot=300))
+    assert [c.stage for c in checks] == ["SFT", "SFT", "DPO", "DPO", "RLVR"]
+    assert [c.passed for c in checks] == [True, True, True, True, False], checks
+    # the DPO margin: β·[(c − c_ref) − (r − r_ref)] with SFT as the reference, hand-computed
+    want = 5.0 * ((-0.5 + 1.0) - (-3.0 + 1.5)) * 0.5 + 5.0 * ((-0.5 + 2.0) - (-3.0 + 1.0)) * 0.5
+    assert checks[3].figure.startswith(f"{want:+.3f}")
+    text = chain_section({"base": base, "sft": sft, "dpo": dpo, "rlvr": rlvr}, checks, ChainSpec(n_boot=300), ["a note"])
+    assert "| RLVR |" in text and "FAIL" in text and text.count("PASS") == 4 and "- a note" in text
+
+
+def test_replicate_from_run_errors_are_one_line(tmp_path):
+    olmo2 = [sys.executable, "-m", "olmo2"]
+    r = subprocess.run(olmo2 + ["replicate", "--through", "instruct", "--from-run", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: --from-run") and "soup" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(olmo2 + ["replicate", "--from-run", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--through" in r.stderr
