@@ -28,6 +28,7 @@ VERB_MODULES = [
     "olmo2.commands.gen_cmds",
     "olmo2.commands.data_cmds",
     "olmo2.commands.train_cmds",
+    "olmo2.commands.post_cmds",
     "olmo2.commands.trace_cmds",
     "olmo2.commands.eval_cmds",
     "olmo2.commands.serve_cmds",

@@ -35,6 +35,7 @@ REGISTRY_ONLY_REASONS = (
     "could not import 'selenium.webdriver'",
     "could not import 'schemathesis'",
     "could not import 'gguf'",  # the test extra installs it (olmo2 convert gguf)
+    "could not import 'peft'",  # the test extra installs it (the LoRA reference, tests/test_lora.py)
 )
 
 

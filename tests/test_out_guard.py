@@ -68,6 +68,7 @@ def verbs(w: Path) -> dict:
         "replicate": lambda o: ["replicate", "--quick", "--out", o],
         "tokenize": lambda o: ["data", "tokenize", w / "in.jsonl", "--tokenizer", w / "tok.json", "--out", o],
         "trace": lambda o: ["trace", "index", w / "run", "--out", o],
+        "sft": lambda o: ["sft", "--model", w / "a", "--data", w / "in.jsonl", "--out", o],
     }
 
 
@@ -76,7 +77,7 @@ FORCE_VERBS = ("init", "soup", "export")
 
 # --force only for the verbs that have it (the others would fail on the flag, not the guard).
 @pytest.mark.parametrize("verb,force", [(v, False) for v in ("init", "soup", "export", "train", "replicate",
-                                                           "tokenize", "trace")]
+                                                           "tokenize", "trace", "sft")]
                          + [(v, True) for v in FORCE_VERBS])
 def test_foreign_nonempty_out_is_refused(world, tmp_path, capsys, verb, force):
     keep = tmp_path / "keep"
@@ -91,7 +92,8 @@ def test_foreign_nonempty_out_is_refused(world, tmp_path, capsys, verb, force):
 
 @pytest.mark.parametrize("case", ["export RUN --out RUN", "export STEP --out RUN", "export STEP --out STEP/hf",
                                   "soup A B --out A", "soup A B --out A/x", "soup A B --out PARENT",
-                                  "tokenize --out INPUT_DIR", "train --out DATA", "trace index --out DATA"])
+                                  "tokenize --out INPUT_DIR", "train --out DATA", "trace index --out DATA",
+                                  "sft --out MODEL"])
 def test_out_overlapping_an_input_is_refused(world, tmp_path, capsys, case):
     step = world / "run" / "step-000002"
     w = world
@@ -105,6 +107,7 @@ def test_out_overlapping_an_input_is_refused(world, tmp_path, capsys, case):
         "tokenize --out INPUT_DIR": ["data", "tokenize", w / "in.jsonl", "--tokenizer", w / "tok.json", "--out", w],
         "train --out DATA": ["train", "--recipe", "tiny_stage1", "--data", w / "run", "--out", w / "run"],
         "trace index --out DATA": ["trace", "index", w / "run", "--out", w / "run" / "index"],
+        "sft --out MODEL": ["sft", "--model", w / "a", "--data", w / "in.jsonl", "--out", w / "a" / "sft"],
     }[case]
     before = snapshot(world)
     assert main([str(a) for a in argv]) == 2

@@ -97,3 +97,22 @@ def olmo2_13b_stage2(seed: int = 1110, data_root: str = DEFAULT_ROOT, init_from:
                      tokens: int = 100_000_000_000) -> Recipe:
     """13B anneal: 100B × seeds 1110/2662/6209 plus 300B × seed 2662 (tokens=300e9), all souped."""
     return _stage2("13b", seed, data_root, init_from, tokens=tokens)
+
+
+def olmo2_1b_sft():
+    """OLMo-2-0425-1B-SFT: tulu-3-sft-olmo-2-mixture-0225, LR 3e-5 linear, 3% warmup, 2 epochs, 128 × 4096.
+
+    facts §5 (open-instruct finetune.py, 8×H100): batch 2 per device × 8 accumulation × 8
+    GPUs, wd 0, seed 1, `--add_bos`, tulu template, reduce_loss mean (per micro-batch, so
+    micro_batch_size 2 as there). Betas/eps are AdamW's defaults (0.9, 0.999, 1e-8), no
+    z-loss, gradient checkpointing, bf16 on GPU; no gradient clipping (the script's default
+    clip_grad_norm -1; the 1B command's value is UNCONFIRMED)."""
+    from olmo2.post.recipe import PostRecipe, SFTConfig
+    train = TrainConfig(lr=3e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
+                        schedule="linear", warmup_tokens=0, t_max_tokens=1, alpha_f=0.0,
+                        global_batch_size=128, micro_batch_size=2, seq_len=SEQ_LEN, max_steps=1, max_tokens=None,
+                        z_loss_coeff=0.0, activation_checkpointing=True, seed=1, save_every=500, keep_last=3)
+    return PostRecipe(name="olmo2_1b_sft", train=train,
+                      stage=SFTConfig(epochs=2, warmup_ratio=0.03, add_bos=True, packing=True, reduce_loss="mean"),
+                      notes="allenai/tulu-3-sft-olmo-2-mixture-0225; the step count and warmup follow from the "
+                            "packed data (2 epochs, 3% warmup)")

@@ -125,3 +125,18 @@ def tiny_stage2(seed: int = 42, data_root: str = DEFAULT_ROOT, quick: bool = Fal
     return Recipe(name="tiny_stage2", model=tiny_model(), train=train,
                   data=_mix(data_root, steps, arith_share, seed, "demo+arith (stage 2)"),
                   notes=f"{1 - arith_share:.0%} demo text + {arith_share:.0%} arithmetic, {steps} steps, seed {seed}")
+
+
+def tiny_sft():
+    """SFT on CPU: the 1B SFT recipe's shape (linear, 3% warmup, 2 epochs, wd 0) at 16 × 256 tokens, LR 1e-3.
+
+    reduce_loss sum: one token mean over the global batch, so the loss does not depend on
+    micro_batch_size (with one micro-batch per step, as here, mean and sum coincide)."""
+    from olmo2.post.recipe import PostRecipe, SFTConfig
+    train = TrainConfig(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=1.0,
+                        schedule="linear", warmup_tokens=0, t_max_tokens=1, alpha_f=0.0,
+                        global_batch_size=BATCH, micro_batch_size=BATCH, seq_len=256, max_steps=1, max_tokens=None,
+                        z_loss_coeff=0.0, precision="fp32", seed=1, save_every=50, keep_last=1, log_every=1)
+    return PostRecipe(name="tiny_sft", train=train,
+                      stage=SFTConfig(epochs=2, warmup_ratio=0.03, add_bos=True, packing=True, reduce_loss="sum"),
+                      notes="CPU-sized SFT; step count from the packed data")

@@ -149,8 +149,12 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, model, optimizer, *, 
         json.dump({"data": data_state, "rng": _rng_state()}, f)
     parallel.barrier()
     if r == 0:
+        config = {"model": dataclasses.asdict(model_cfg), "train": train_cfg.to_dict()}
+        adapters = getattr(parallel.unwrap(model), "adapter_config", None)
+        if adapters:  # LoRA (olmo2/post/lora.py): needed to rebuild the module tree on export
+            config["lora"] = adapters
         with atomic_file(tmp / "train_config.json") as f:
-            json.dump({"model": dataclasses.asdict(model_cfg), "train": train_cfg.to_dict()}, f, indent=2)
+            json.dump(config, f, indent=2)
         state = dict(train_state, step=step, world_size=parallel.world_size(), saved_at=time.time())
         with atomic_file(tmp / "train_state.json") as f:
             json.dump(state, f, indent=2)
@@ -223,17 +227,23 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer, *, full: bool = T
     return state
 
 
-def load_model_from_checkpoint(ckpt: str | os.PathLike):
+def load_model_from_checkpoint(ckpt: str | os.PathLike, merge: bool = True):
     """A plain fp32 `Olmo2` on CPU with the checkpoint's full (unsharded) weights.
 
+    A LoRA run's checkpoint ("lora" in train_config.json) is loaded with its adapters and,
+    with merge=True, merged into plain weights (W + (alpha/r)·B A).
     Run it in one process (DCP reassembles the shards of any world size)."""
     from olmo2.model import Olmo2
     ckpt = Path(ckpt)
+    stored = read_json(ckpt, "train_config.json")
     try:
-        cfg = ModelConfig(**read_json(ckpt, "train_config.json")["model"])
+        cfg = ModelConfig(**stored["model"])
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{ckpt / 'train_config.json'}: no valid model config ({e})") from None
     model = Olmo2(cfg)
+    if stored.get("lora"):
+        from olmo2.post.lora import LoRAConfig, apply_lora
+        apply_lora(model, LoRAConfig.from_dict(stored["lora"]))
     sd = {"model": model.state_dict()}
     ctx = _quiet()
     try:
@@ -241,6 +251,9 @@ def load_model_from_checkpoint(ckpt: str | os.PathLike):
     finally:
         ctx.__exit__(None, None, None)
     model.load_state_dict(sd["model"])
+    if merge and getattr(model, "adapter_config", None):
+        from olmo2.post.lora import merge_lora
+        merge_lora(model)
     return model
 
 
