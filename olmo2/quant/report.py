@@ -87,8 +87,8 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     wins = sorted(_windows(tokenizer, passages, max_len), key=len)
     if not wins:
         raise DataError("quality report: no tokens to score (empty validation text)")
-    names = ["bf16", *precisions]
-    nll = {n: [] for n in names}
+    BASE = "_base"  # not "bf16": bf16 may also be asked for as a precision (the control row)
+    nll = {n: [] for n in [BASE, *precisions]}
     kl = {n: 0.0 for n in precisions}
     agree = {n: 0 for n in precisions}
     n_tok = 0
@@ -104,7 +104,7 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
         mask = tgt >= 0
         t = tgt[mask]
         lp_base = F.log_softmax(base(ids).float(), dim=-1)[mask]          # [tokens, vocab]
-        nll["bf16"].append(-lp_base.gather(1, t[:, None])[:, 0])
+        nll[BASE].append(-lp_base.gather(1, t[:, None])[:, 0])
         top_base = lp_base.argmax(-1)
         for n, m in models.items():
             lp = F.log_softmax(m(ids).float(), dim=-1)[mask]
@@ -117,10 +117,10 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     if bar:
         bar.close()
     per_tok = {n: torch.cat(v).double() for n, v in nll.items()}
-    ppl_base = math.exp(float(per_tok["bf16"].mean()))
+    ppl_base = math.exp(float(per_tok[BASE].mean()))
     rows = [QualityRow("bf16", choose("bf16", "prefill"), n_tok, ppl_base, 1.0, (0.0, 0.0), 0.0, 1.0)]
     for n in precisions:
-        d = per_tok[n] - per_tok["bf16"]
+        d = per_tok[n] - per_tok[BASE]
         half = 1.96 * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
         ppl = math.exp(float(per_tok[n].mean()))
         rows.append(QualityRow(n, choose(n, "prefill"), n_tok, ppl, ppl / ppl_base,
