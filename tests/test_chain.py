@@ -138,3 +138,11 @@ def test_replicate_from_run_errors_are_one_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run(olmo2 + ["replicate", "--from-run", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--through" in r.stderr
+
+
+def test_a_missing_stage_entry_point_is_a_one_line_error():
+    from olmo2.errors import Olmo2Error
+    from olmo2.post.chain import _entry
+    with pytest.raises(Olmo2Error, match=r"needs olmo2\.post\.nope\.run_x.*--through sft"):
+        _entry("olmo2.post.nope", "run_x", "dpo")
+    assert _entry("olmo2.post.chat_eval", "paired_diff", "sft") is paired_diff

@@ -76,19 +76,28 @@ def log(msg: str) -> None:
 
 
 # ---- stages ------------------------------------------------------------------------------
+def _entry(module: str, name: str, stage: str):
+    """A stage's entry point, or a one-line error when this checkout does not have it yet."""
+    import importlib
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise Olmo2Error(f"--through: the {stage} stage needs {module}.{name}, which this checkout does not "
+                         f"have; stop earlier (--through {STAGES[max(0, STAGES.index(stage) - 1)]}) or update "
+                         "olmo2") from None
+
+
 def _run_sft(base: str, data: list[str], out: Path, recipe: str, overrides: tuple) -> Path:
-    from olmo2.post.sft import run_sft
-    return Path(run_sft(base, data, out, recipe=recipe, overrides=overrides).hf_dir)
+    return Path(_entry("olmo2.post.sft", "run_sft", "sft")(base, data, out, recipe=recipe, overrides=overrides).hf_dir)
 
 
 def _run_dpo(base: str, data: list[str], out: Path, recipe: str, overrides: tuple) -> Path:
-    from olmo2.post.dpo import run_dpo
-    return Path(run_dpo(base, data, out, recipe=recipe, overrides=overrides).hf_dir)
+    return Path(_entry("olmo2.post.dpo", "run_dpo", "dpo")(base, data, out, recipe=recipe, overrides=overrides).hf_dir)
 
 
 def _run_rlvr(base: str, data: list[str], out: Path, recipe: str, overrides: tuple) -> Path:
-    from olmo2.post.rlvr import run_rlvr
-    return Path(run_rlvr(base, data, out, recipe=recipe, overrides=overrides).hf_dir)
+    return Path(_entry("olmo2.post.rlvr", "run_rlvr", "rlvr")(base, data, out, recipe=recipe,
+                                                                overrides=overrides).hf_dir)
 
 
 RUNNERS: dict[str, Callable[..., Path]] = {"sft": _run_sft, "dpo": _run_dpo, "rlvr": _run_rlvr}
