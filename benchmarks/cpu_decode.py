@@ -1,29 +1,33 @@
-"""CPU decode benchmark: olmo2 vs transformers `Olmo2ForCausalLM.generate`, same checkpoint.
+"""CPU decode benchmark: olmo2 at each weight precision vs transformers and llama.cpp, one table.
 
-    python benchmarks/cpu_decode.py                  # random olmo2-1b (~6 GB fp32, built once)
-    python benchmarks/cpu_decode.py --quick          # small preset, seconds: a smoke test
-    python benchmarks/cpu_decode.py --model DIR      # any OLMo 2 HF checkpoint
+    python benchmarks/cpu_decode.py                   # random olmo2-1b (6 GB fp32, built once), 2 rounds
+    python benchmarks/cpu_decode.py --quick           # tiny-demo preset, 16+16 tokens: a smoke run
+    python benchmarks/cpu_decode.py --only olmo2 --compile   # + olmo2 rows with the compiled step
 
-Batch 1, a prompt of random ids, greedy decoding of a fixed number of new tokens (EOS
-disabled on both sides), fp32, `torch.set_num_threads(--threads)`. Each system runs in
-its own subprocess so its peak RSS (`ru_maxrss`) is its own; each loads the checkpoint,
-does a tiny warm-up generation, then the timed one:
+What runs, each in its own process and one after another (never two 1B processes at once:
+the fp32 1B is 6 GB): a memory-bandwidth probe; olmo2 at fp32 / bf16 / int8 / int4 (the
+quantized rows need `load_model(quant=...)`, olmo2/quant); transformers
+`Olmo2ForCausalLM.generate` in fp32 and bf16; llama.cpp through `llama-cpp-python` on GGUFs
+that `olmo2 convert gguf` writes (F32 / BF16 / Q8_0 / Q4_0), when both are available. A
+missing peer is named in the output, never silently dropped.
 
-- prefill tok/s = prompt tokens / time to first token (TTFT)
-- decode tok/s  = (N - 1) / (time from first to last token); for transformers the
-  token times come from a streamer, which it calls right after each token is chosen
-- peak RSS / checkpoint bytes can be < 1: weights are mmapped, and embedding rows of
-  tokens never seen are never paged in
-- load s, RSS growth during load (RSS after load minus RSS before, i.e. without the
-  interpreter and libraries) vs checkpoint bytes (a copying loader would show ~2x),
-  peak RSS, and whether the two greedy token streams are identical.
+Every system: batch 1, the same random prompt ids, greedy, EOS never chosen (olmo2 and HF:
+no EOS id; llama.cpp: EOS logit masked), `--threads` threads, a short warm-up, then the
+timed run. Prompt tok/s = prompt tokens / time to the first new token; decode tok/s =
+(new - 1) / time from the first to the last new token, measured by the caller's clock for
+every system. Peak RSS is the worker's `ru_maxrss` (the model was built in another
+process, whose peak a fork would inherit). Load s is checkpoint → ready to run.
 
-The random checkpoint goes to `$OLMO2_CACHE/bench` (default /tmp/olmo2-bench) and is
-reused. Footgun: other CPU load on the machine skews both systems; rerun when idle.
+Ratios: each olmo2 row against llama.cpp at the same weight precision, and against the
+bandwidth limit = (bandwidth measured by the probe in this run) / (weight bytes read per
+token: every tensor except the embedding table, plus one embedding row). Ratios are
+written `1.23×`. `--rounds N` repeats the whole table (the machine is shared: compare rows
+within a round, and rounds with each other).
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -35,77 +39,106 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def rss_now_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+OLMO2_PRECISIONS = ("fp32", "bf16", "int8", "int4")
+HF_PRECISIONS = ("fp32", "bf16")
+GGUF_TYPES = {"fp32": "f32", "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}  # same weight precision
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+# ---- helpers shared by parent and workers ----------------------------------------------
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def ckpt_bytes(d: Path) -> int:
-    return sum(p.stat().st_size for p in d.glob("*.safetensors"))
+def cpu_description() -> str:
+    """CPU model and the SIMD features kernel choice depends on (from /proc/cpuinfo)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    want = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
+    have = [f for f in want if f in flags]
+    return f"{model}; {os.cpu_count()} CPUs; " + (" ".join(have) if have else "no AVX2") + (
+        "" if "avx512f" in flags else " (no AVX-512)") + ("" if "amx_tile" in flags else " (no AMX)")
 
 
-def ensure_checkpoint(preset_name: str, cache: Path) -> Path:
-    """A random-init checkpoint of `preset_name`, created once under `cache`.
-
-    Built in a subprocess: Linux carries a process's peak RSS over to the children it
-    forks, so building the 6 GB model here would inflate both workers' ru_maxrss."""
-    out = cache / f"{preset_name}-random"
-    if (out / "config.json").exists():
-        return out
-    print(f"building a random {preset_name} checkpoint in {out} (once) ...", file=sys.stderr, flush=True)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--worker", "build", "--preset", preset_name, "--model", str(out)],
-                   check=True)
-    print(f"  done in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
-    return out
+def weight_bytes_per_token(state: dict) -> int:
+    """Bytes a decode step reads: all tensors but the embedding table, plus one of its rows."""
+    total = 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        if "embed_tokens" in name or name == "token_embd.weight":
+            total += n // max(1, t.shape[0]) if t.dim() else n
+        else:
+            total += n
+    return total
 
 
-def worker_build(args) -> None:
+def _timed(gen) -> tuple[float, float, list[int]]:
+    """Drive a token iterator: (time to first token, first→last seconds, tokens)."""
+    t0 = time.perf_counter()
+    times, toks = [], []
+    for tok in gen:
+        toks.append(int(tok))
+        times.append(time.perf_counter())
+    return times[0] - t0, times[-1] - times[0], toks
+
+
+def _prompt(n: int) -> list[int]:
     import torch
-
-    from olmo2.checkpoint import save_model
-    from olmo2.config import preset
-    from olmo2.model import Olmo2
-    torch.manual_seed(0)
-    with torch.no_grad():
-        model = Olmo2(preset(args.preset))
-        model.reset_parameters()
-        save_model(model, args.model)
+    return torch.randint(0, 100000, (n,), generator=torch.Generator().manual_seed(0)).tolist()
 
 
-# ---- workers (one system per process) ----------------------------------------------
-def _prompt(vocab: int, n: int):
+# ---- workers (one system per process) --------------------------------------------------
+def worker_bandwidth(args) -> dict:
+    """Read bandwidth: fp32 `sum` over a buffer far larger than the caches, median of 7."""
     import torch
-    return torch.randint(0, min(vocab, 100000), (1, n), generator=torch.Generator().manual_seed(0))
+    n = (256 if args.quick else 2048) * 2**20 // 4
+    x = torch.ones(n)
+    x.sum()
+    ts = []
+    for _ in range(7):
+        t = time.perf_counter()
+        x.sum()
+        ts.append(time.perf_counter() - t)
+    return dict(gb_s=n * 4 / sorted(ts)[3] / 1e9)
 
 
 def worker_olmo2(args) -> dict:
+    import inspect
+
     import torch
 
     from olmo2.checkpoint import load_model
+    from olmo2.infer.decoder import Decoder
     from olmo2.infer.generate import iter_tokens
     from olmo2.infer.sampling import SamplingParams
-    rss0 = rss_now_mb()
     t = time.perf_counter()
-    model = load_model(args.model, dtype=torch.float32)
-    load_s, rss_load = time.perf_counter() - t, rss_now_mb()
-    ids = _prompt(model.config.vocab_size, args.prompt_len)
+    if args.precision == "fp32":
+        model = load_model(args.model, dtype=torch.float32)
+    elif "quant" in inspect.signature(load_model).parameters:
+        model = load_model(args.model, quant=args.precision)
+    elif args.precision == "bf16":
+        model = load_model(args.model, dtype=torch.bfloat16)
+    else:
+        raise SystemExit(f"olmo2 {args.precision}: this checkout has no quantized loading (olmo2/quant)")
+    load_s = time.perf_counter() - t
+    V = model.config.vocab_size
+    ids = torch.tensor([[i % V for i in _prompt(args.prompt_len)]])
     greedy = SamplingParams(temperature=0)
-    list(iter_tokens(model, ids[:, :8], 2, greedy))  # warm-up
-    times, toks = [], []
-    t0 = time.perf_counter()
-    for tok in iter_tokens(model, ids, args.new_tokens, greedy):
-        toks.append(int(tok[0]))
-        times.append(time.perf_counter())
-    return dict(load_s=load_s, rss_base_mb=rss0, rss_load_mb=rss_load, ttft_s=times[0] - t0, decode_s=times[-1] - times[0], tokens=toks)
+    dec = Decoder(model, 1, args.prompt_len + args.new_tokens, compile=args.compile)
+    t = time.perf_counter()
+    for _ in iter_tokens(model, ids[:, :8], 3, greedy, decoder=dec):  # warm-up (and the compile)
+        pass
+    warm_s = time.perf_counter() - t
+    dec.reset()
+    ttft, dt, toks = _timed(tok[0] for tok in iter_tokens(model, ids, args.new_tokens, greedy, decoder=dec))
+    return dict(load_s=load_s, warm_s=warm_s, ttft_s=ttft, decode_s=dt, tokens=toks,
+                weight_bytes=weight_bytes_per_token(model.state_dict()))
 
 
 def worker_hf(args) -> dict:
@@ -120,94 +153,225 @@ def worker_hf(args) -> dict:
             self.times, self.toks, self.seen_prompt = [], [], False
 
         def put(self, value):
-            if not self.seen_prompt:
-                self.seen_prompt = True
-                return
-            self.times.append(time.perf_counter())
-            self.toks.append(int(value.reshape(-1)[0]))
+            if self.seen_prompt:
+                self.times.append(time.perf_counter())
+                self.toks.append(int(value.reshape(-1)[0]))
+            self.seen_prompt = True
 
         def end(self):
             pass
 
-    rss0 = rss_now_mb()
+    dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
     t = time.perf_counter()
-    model = Olmo2ForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    load_s, rss_load = time.perf_counter() - t, rss_now_mb()
+    model = Olmo2ForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+    load_s = time.perf_counter() - t
     model.generation_config.eos_token_id = None
-    ids = _prompt(model.config.vocab_size, args.prompt_len)
-    kw = dict(do_sample=False, pad_token_id=model.config.pad_token_id, attention_mask=torch.ones_like(ids))
+    V = model.config.vocab_size
+    ids = torch.tensor([[i % V for i in _prompt(args.prompt_len)]])
+    kw = dict(do_sample=False, pad_token_id=model.config.pad_token_id)
     with torch.inference_mode():
-        model.generate(ids[:, :8], max_new_tokens=2, **{**kw, "attention_mask": torch.ones_like(ids[:, :8])})
+        model.generate(ids[:, :8], max_new_tokens=3, attention_mask=torch.ones_like(ids[:, :8]), **kw)
         clock = Clock()
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=args.new_tokens, streamer=clock, **kw)
-    return dict(load_s=load_s, rss_base_mb=rss0, rss_load_mb=rss_load, ttft_s=clock.times[0] - t0,
-                decode_s=clock.times[-1] - clock.times[0], tokens=clock.toks)
+        model.generate(ids, max_new_tokens=args.new_tokens, streamer=clock, attention_mask=torch.ones_like(ids), **kw)
+    return dict(load_s=load_s, ttft_s=clock.times[0] - t0, decode_s=clock.times[-1] - clock.times[0],
+                tokens=clock.toks, weight_bytes=weight_bytes_per_token(model.state_dict()))
+
+
+def worker_llama(args) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+    t = time.perf_counter()
+    llm = Llama(model_path=args.model, n_ctx=max(512, args.prompt_len + args.new_tokens + 8), n_batch=512,
+                n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    load_s = time.perf_counter() - t
+    V = llm.n_vocab()
+    eos = llm.token_eos()
+    ids = [i % V for i in _prompt(args.prompt_len)]
+
+    def run(prompt, n):
+        llm.reset()
+        llm.eval(prompt)
+        for i in range(n):
+            row = np.array(llm.scores[llm.n_tokens - 1], copy=True)
+            row[eos] = -np.inf  # never stop early: every system decodes exactly n tokens
+            tok = int(row.argmax())
+            yield tok
+            if i < n - 1:
+                llm.eval([tok])
+
+    list(run(ids[:8], 3))  # warm-up
+    ttft, dt, toks = _timed(run(ids, args.new_tokens))
+    return dict(load_s=load_s, ttft_s=ttft, decode_s=dt, tokens=toks, weight_bytes=_gguf_bytes(args.model))
+
+
+def _gguf_bytes(path: str) -> int:
+    from gguf import GGUFReader
+    r = GGUFReader(path)
+    total = 0
+    for t in r.tensors:
+        n = int(t.n_bytes)
+        total += n // int(t.shape[-1]) if t.name == "token_embd.weight" else n  # gguf shapes are reversed
+    return total
+
+
+WORKERS = {"bandwidth": worker_bandwidth, "olmo2": worker_olmo2, "hf": worker_hf, "llama": worker_llama}
 
 
 def run_worker(args) -> None:
     import torch
     torch.set_num_threads(args.threads)
-    res = (worker_olmo2 if args.worker == "olmo2" else worker_hf)(args)
-    res["peak_rss_mb"] = peak_rss_mb()
+    res = WORKERS[args.worker](args)
+    res["peak_rss_gib"] = peak_rss_gib()
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def spawn(system: str, args, model_dir: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", system, "--model", str(model_dir), "--threads", str(args.threads),
-           "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
+# ---- the parent: build inputs, spawn workers one at a time, print the table ------------
+def spawn(args, worker: str, model: str, precision: str = "", compile: bool = False) -> dict | str:
+    """One worker process; its RESULT dict, or a one-line reason it failed."""
+    cmd = [sys.executable, __file__, "--worker", worker, "--model", model, "--precision", precision,
+           "--threads", str(args.threads), "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
+    cmd += ["--compile"] * compile + ["--quick"] * args.quick
     r = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
     if r.returncode != 0 or not lines:
-        sys.exit(f"{system} worker failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"failed (exit {r.returncode}): {tail[:200]}"
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def olmo2_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "olmo2", *argv], capture_output=True, text=True, cwd=REPO)
+
+
+def ensure_checkpoint(preset: str, cache: Path) -> Path:
+    """The random checkpoint, made once with `olmo2 init` (a separate process)."""
+    out = cache / f"{preset}-random"
+    if not (out / "config.json").exists():
+        print(f"olmo2 init --preset {preset} --out {out} ...", file=sys.stderr, flush=True)
+        r = olmo2_cli("init", "--preset", preset, "--out", str(out), "--seed", "0")
+        if r.returncode != 0:
+            sys.exit(f"olmo2 init failed: {r.stderr.strip()}")
+    return out
+
+
+def llama_status() -> str:
+    """'' when llama.cpp rows can run, else why not."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return "llama-cpp-python is not installed (pip install 'olmo2[bench]')"
+    if olmo2_cli("convert", "gguf", "--help").returncode != 0:
+        return "this checkout has no `olmo2 convert gguf`"
+    return ""
+
+
+def ensure_gguf(model_dir: Path, gtype: str) -> Path | str:
+    out = model_dir.parent / f"{model_dir.name}.{gtype}.gguf"
+    if not out.exists():
+        print(f"olmo2 convert gguf --type {gtype} ...", file=sys.stderr, flush=True)
+        r = olmo2_cli("convert", "gguf", str(model_dir), "--out", str(out), "--type", gtype)
+        if r.returncode != 0:
+            return f"convert failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    return out
+
+
+def ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.2f}×" if b else "–"
+
+
+def one_round(args, model_dir: Path, llama_why: str) -> tuple[list[dict], float]:
+    bw = spawn(args, "bandwidth", "")
+    gb_s = bw["gb_s"] if isinstance(bw, dict) else float("nan")
+    rows = []
+    plan = [("olmo2", p, False) for p in OLMO2_PRECISIONS]
+    if args.compile:
+        plan += [("olmo2", p, True) for p in OLMO2_PRECISIONS]
+    plan += [("hf", p, False) for p in HF_PRECISIONS] + [("llama", p, False) for p in OLMO2_PRECISIONS]
+    for system, prec, comp in plan:
+        if args.only and system != args.only:
+            continue
+        name = {"olmo2": "olmo2", "hf": "transformers", "llama": "llama.cpp"}[system]
+        label = f"{name} {GGUF_TYPES[prec].upper() if system == 'llama' else prec}" + (" compiled" if comp else "")
+        if system == "llama":
+            if llama_why:
+                rows.append(dict(system=system, prec=prec, label=label, error=llama_why))
+                continue
+            g = ensure_gguf(model_dir, GGUF_TYPES[prec])
+            res = spawn(args, "llama", str(g), prec) if isinstance(g, Path) else g
+        else:
+            res = spawn(args, system, str(model_dir), prec, comp)
+        print(f"  {label}: {'ok' if isinstance(res, dict) else res}", file=sys.stderr, flush=True)
+        row = dict(system=system, prec=prec, label=label, compiled=comp)
+        row.update(res if isinstance(res, dict) else {"error": res})
+        rows.append(row)
+    return rows, gb_s
+
+
+def print_table(rows: list[dict], gb_s: float, args) -> None:
+    llama = {r["prec"]: r for r in rows if r["system"] == "llama" and "error" not in r}
+    print(f"\nmemory read bandwidth (probe, this round): {gb_s:.1f} GB/s")
+    print("| system | decode tok/s | prompt tok/s | peak RSS | load s | GB read/token | vs llama.cpp | vs bandwidth limit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['label']} | {r['error']} | | | | | | |")
+            continue
+        r["decode"] = (len(r["tokens"]) - 1) / r["decode_s"]
+        r["prompt"] = args.prompt_len / r["ttft_s"]
+        limit = gb_s * 1e9 / r["weight_bytes"]
+        peer = llama.get(r["prec"]) if r["system"] == "olmo2" else None
+        peer_tps = (len(peer["tokens"]) - 1) / peer["decode_s"] if peer else None
+        vs_llama = f"{ratio(r['decode'], peer_tps)} (prompt {ratio(r['prompt'], args.prompt_len / peer['ttft_s'])})" \
+            if peer else "–"
+        print(f"| {r['label']} | {r['decode']:.2f} | {r['prompt']:.1f} | {r['peak_rss_gib']:.2f} GiB | "
+              f"{r['load_s']:.1f} | {r['weight_bytes'] / 1e9:.3f} | {vs_llama} | {ratio(r['decode'], limit)} |")
+    ref = next((r for r in rows if r["system"] == "olmo2" and r["prec"] == "fp32" and "tokens" in r), None)
+    for r in rows:
+        if ref is not None and r is not ref and r["system"] == "hf" and r["prec"] == "fp32" and "tokens" in r:
+            print(f"\nolmo2 fp32 and transformers fp32 greedy tokens identical: {r['tokens'] == ref['tokens']}")
+    warm = [f"{r['label']} {r['warm_s']:.0f} s" for r in rows if r.get("compiled") and "warm_s" in r]
+    if warm:
+        print("compile (first 3 tokens, paid once per process): " + ", ".join(warm))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="checkpoint dir (default: a random --preset checkpoint)")
-    ap.add_argument("--preset", default="olmo2-1b", help="preset for the random checkpoint")
-    ap.add_argument("--quick", action="store_true", help="small preset, 32+32 tokens: a smoke test")
+    ap.add_argument("--preset", default="olmo2-1b", help="preset of the random checkpoint (olmo2 init)")
+    ap.add_argument("--quick", action="store_true", help="tiny-demo preset, 16+16 tokens, 1 round: a smoke run")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=("olmo2", "hf"), default=None, help="run one system only")
-    ap.add_argument("--worker", choices=("olmo2", "hf", "build"), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=2, help="repeat the whole table this many times")
+    ap.add_argument("--compile", action="store_true", help="add olmo2 rows with the torch.compile'd step")
+    ap.add_argument("--only", choices=("olmo2", "hf", "llama"), default=None, help="run one system only")
+    ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=tuple(WORKERS), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker == "build":
-        return worker_build(args)
     if args.worker:
         return run_worker(args)
     if args.quick:
-        args.preset, args.prompt_len, args.new_tokens = "tiny-demo", 32, 32
+        args.preset, args.prompt_len, args.new_tokens, args.rounds = "tiny-demo", 16, 16, 1
     cache = Path(os.environ.get("OLMO2_CACHE", "/tmp/olmo2-bench")) / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model) if args.model else ensure_checkpoint(args.preset, cache)
-    nbytes = ckpt_bytes(model_dir)
-    systems = [args.only] if args.only else ["olmo2", "hf"]
-    res = {s: spawn(s, args, model_dir) for s in systems}
-
-    print(f"\n{model_dir}  ({nbytes / 2**30:.2f} GiB fp32 safetensors)  batch 1, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new greedy tokens, {args.threads} threads")
-    names = {"olmo2": "olmo2", "hf": "transformers"}
-    print(f"{'system':<13}{'load s':>8}{'+RSS load':>10}{'/ckpt':>7}{'prefill tok/s':>15}{'TTFT s':>8}"
-          f"{'decode tok/s':>14}{'peak RSS':>11}{'/ckpt':>7}")
-    for s, r in res.items():
-        r["load_growth"] = (r["rss_load_mb"] - r["rss_base_mb"]) * 2**20 / nbytes
-        r["prefill_tps"] = args.prompt_len / r["ttft_s"]
-        r["decode_tps"] = (len(r["tokens"]) - 1) / r["decode_s"]
-        print(f"{names[s]:<13}{r['load_s']:>8.1f}{(r['rss_load_mb'] - r['rss_base_mb']) / 1024:>7.2f}GiB{r['load_growth']:>7.2f}"
-              f"{r['prefill_tps']:>15.1f}{r['ttft_s']:>8.2f}{r['decode_tps']:>14.2f}{r['peak_rss_mb'] / 1024:>8.2f}GiB"
-              f"{r['peak_rss_mb'] * 2**20 / nbytes:>7.2f}")
-    if len(res) == 2:
-        a, b = res["olmo2"], res["hf"]
-        print(f"olmo2/transformers: prefill {a['prefill_tps'] / b['prefill_tps']:.2f}x, "
-              f"decode {a['decode_tps'] / b['decode_tps']:.2f}x, load {b['load_s'] / a['load_s']:.2f}x faster")
-        same = a["tokens"] == b["tokens"]
-        first = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y), None)
-        print(f"greedy tokens identical: {same}" + ("" if same else f" (first difference at new token {first})"))
-    for s, r in res.items():
-        if nbytes > 2**30 and r["load_growth"] > 1.5:
-            print(f"WARNING: {names[s]} RSS grew by {r['load_growth']:.2f}x the checkpoint while loading (a copy?)")
+    llama_why = llama_status() if args.only in (None, "llama") else "not requested"
+    import torch
+    versions = f"torch {torch.__version__}"
+    if not llama_why:
+        import llama_cpp
+        versions += f", llama-cpp-python {llama_cpp.__version__}"
+    print(f"# cpu_decode {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"CPU: {cpu_description()}")
+    print(f"{model_dir} ({args.preset if not args.model else 'given'}), batch 1, prompt {args.prompt_len} + "
+          f"{args.new_tokens} new greedy tokens, {args.threads} threads; {versions}")
+    for k in range(args.rounds):
+        load0 = os.getloadavg()[0]
+        rows, gb_s = one_round(args, model_dir, llama_why)
+        print(f"\n## round {k + 1} of {args.rounds} (load average {load0:.1f} at start, "
+              f"{os.getloadavg()[0]:.1f} at end)")
+        print_table(rows, gb_s, args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ The continuation / assistant text goes to stdout, flushed per piece; everything 
 stdin line by line and works when stdin is not a terminal
 (`printf 'Hi\\n/exit\\n' | olmo2 chat --model DIR`).
 
+Chat keeps one `Decoder` for the conversation: each turn prefills only the tokens after
+the cached prefix (the previous turns); `/reset` empties it, and when the history is
+trimmed to fit the context the cache is rebuilt from the first token that changed.
+
 Footguns: `--temperature 0` is greedy and ignores --top-k/--top-p; chat history is
 trimmed oldest-turn-first when prompt + --max-new-tokens would exceed the context.
 """
@@ -40,6 +44,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser, default_max_new: int) -> Non
                    help="weight precision: quantize on the fly at load (olmo2/quant); a checkpoint from `olmo2 quantize` loads as stored")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the one-token decode step (slow first call; needs a C++ compiler)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the cores this process may run on)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Chat on stdin/stdout; /reset clears history, /exit quits.")
     _add_sampling_flags(c, 256)
     c.add_argument("--system", default=None, help="system message placed before the conversation")
+    c.add_argument("--verbose", action="store_true",
+                   help="after each reply, print prompt tokens (and how many came from the cache) and tok/s")
     c.add_argument("--add-bos", action="store_true", help="prepend <|endoftext|> to the chat (the SFT training format)")
     c.add_argument("--trace", metavar="INDEX", default=None,
                    help="trace each reply against an `olmo2 trace index` (view on stderr)")
@@ -71,6 +79,8 @@ def _validate(args) -> None:
     SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty).validated()
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if args.threads is not None and args.threads < 1:
+        raise GenerationError(f"--threads must be >= 1 (got {args.threads})")
     if args.seed is not None and not 0 <= args.seed < 2**64:
         raise GenerationError(f"--seed must be in [0, 2**64) (got {args.seed})")
     if any(not s for s in args.stop or []):
@@ -83,7 +93,9 @@ def _validate(args) -> None:
 
 def _load(args):
     from olmo2.checkpoint import load_model
+    from olmo2.infer.threads import set_threads
     from olmo2.tokenizer import Tokenizer
+    set_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype, quant=args.quant)
     tok = Tokenizer.from_pretrained(args.model)
     tok.check_fits(model.config.vocab_size, str(args.model))
@@ -91,15 +103,9 @@ def _load(args):
 
 
 def _sampling_kwargs(args, tok) -> dict:
-    from olmo2.infer.generate import decode_one
-    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-              repetition_penalty=args.repetition_penalty, eos_token_id=tok.eos_id,
-              stop_strings=args.stop or None)
-    if getattr(args, "compile", False):
-        import torch
-        # dynamic: the cache length (and so the attention shape) changes every step.
-        kw["step_fn"] = torch.compile(decode_one, dynamic=True)
-    return kw
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty, eos_token_id=tok.eos_id,
+                stop_strings=args.stop or None, compile=args.compile)
 
 
 def _write(text: str) -> None:
@@ -162,7 +168,8 @@ def run_chat(args) -> int:
     """`olmo2 chat`: a line-based REPL with history, /reset and /exit."""
     import torch
 
-    from olmo2.infer.generate import stream_generate
+    from olmo2.infer.decoder import Decoder
+    from olmo2.infer.generate import GenerationStats, stream_generate
     from olmo2.textinput import InputTextError, decode_utf8, stdin_bytes
     _validate(args)
     if args.trace:  # a bad index fails before the model is loaded
@@ -175,6 +182,9 @@ def run_chat(args) -> int:
     kw = _sampling_kwargs(args, tok)
     # A model that starts a new user turn by itself has finished its reply.
     kw["stop_strings"] = (args.stop or []) + ["<|user|>"]
+    # One decoder for the whole conversation: its cache keeps the K/V of every turn, so a
+    # new turn prefills only its own tokens (the cache grows as the chat does).
+    decoder = Decoder(model, 1, 0, compile=args.compile)
     tty = sys.stdin.isatty()
     print(BANNER, file=sys.stderr, flush=True)
     history: list[dict] = []
@@ -200,6 +210,7 @@ def run_chat(args) -> int:
                 break
             if cmd == "/reset":
                 history.clear()
+                decoder.reset()
                 print("(history cleared)", file=sys.stderr, flush=True)
                 continue
             ids, dropped = _fit_history(tok, model, args.system, history, user, args.max_new_tokens, add_bos)
@@ -207,7 +218,9 @@ def run_chat(args) -> int:
                 print(f"(context full: dropped the {dropped} oldest turn{'s' if dropped > 1 else ''})",
                       file=sys.stderr, flush=True)
             try:
-                pieces = stream_generate(model, tok, ids, args.max_new_tokens, generator=gen, **kw)
+                stats = GenerationStats()
+                pieces = stream_generate(model, tok, ids, args.max_new_tokens, generator=gen, stats=stats,
+                                         decoder=decoder, **kw)
             except GenerationError as e:  # this message alone does not fit: say so, keep chatting
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 continue
@@ -216,6 +229,9 @@ def run_chat(args) -> int:
                 reply.append(piece)
                 _write(piece)
             _write("\n")
+            if args.verbose:
+                print(f"[prompt {stats.prompt_tokens} tokens, {stats.reused_tokens} reused from the cache; "
+                      f"decode {stats.decode_tok_s:.1f} tok/s]", file=sys.stderr, flush=True)
             history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(reply).strip()}]
             if args.trace:
                 from olmo2.commands.trace_cmds import trace_and_print

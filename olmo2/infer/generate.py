@@ -5,11 +5,12 @@
     for piece in stream_generate(model, tok, tok.encode("Hi"), 64, stop_strings=["\\n\\n"]):
         print(piece, end="", flush=True)
 
-How a call runs: validate → one prefill forward over the whole prompt (`last_only=True`,
-so the lm_head runs on one position) → `decode_one()` per new token, which feeds a single
-token through the model against the cache. The output tensor is allocated once at
-`[B, prompt + max_new_tokens]`; nothing grows, and the prompt is never re-run, so a step
-costs the weights once plus attention over the cached keys.
+How a call runs: validate → `Decoder.start` (chunked prefill; only the lm_head row of the
+last position runs) → `Decoder.step` per new token, a fixed-shape one-token forward against
+a preallocated cache (olmo2/infer/decoder.py; `compile=True` runs it through
+`torch.compile`). The output tensor is allocated once at `[B, prompt + max_new_tokens]`;
+nothing grows, and the prompt is never re-run, so a step costs the weights once plus
+attention over the cache.
 
 Return value matches `transformers.generate`: prompt included; a row that produced an
 EOS/stop id keeps it and is filled with `pad_token_id` afterwards; generation ends when
@@ -24,21 +25,20 @@ Host syncs: the per-step `unfinished.any()` check reads one bool back (for batch
 this is free; it is the only sync besides `multinomial`/stop-string decoding). Stop
 strings need the tokenizer and decode incrementally per row.
 
-`decode_one` is kept tiny and passed as `step_fn` so quantized or compiled steps can be
-swapped in without touching the loop (any callable with its signature; a
-`torch.compile`d step needs `dynamic=True` because the cache length changes every step —
-not exercised by the tests yet).
+`decode_one` is the plain prefix-cache step (the model against a `KVCache` whose length
+is a host int); tests use it as the reference for the cached decode.
 """
 from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from olmo2.errors import GenerationError
+from olmo2.infer.decoder import Decoder
 from olmo2.infer.kvcache import KVCache
 from olmo2.infer.sampling import SamplingParams, mark_seen, sample_next
 from olmo2.infer.stream import IncrementalDecoder, StopStringHolder
@@ -155,36 +155,23 @@ def _make_generator(seed, generator, device) -> torch.Generator | None:
 @torch.inference_mode()
 def iter_tokens(model, ids: torch.Tensor, max_new_tokens: int, params: SamplingParams,
                 mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                step_fn: Callable = decode_one) -> Iterator[torch.Tensor]:
+                compile: bool = False, decoder: Decoder | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token ids [B] for up to max_new_tokens steps (no stop logic here).
 
     Inputs are already validated (`prepare_prompts`, `check_lengths`, `params.validated()`).
     The caller may stop iterating at any point; no forward runs after the last yield.
+    Pass a `decoder` kept across calls (a chat) to reuse its cached prefix.
     """
     # The decorator form re-enters inference mode around each resume, so the mode never
     # leaks into the caller between yields (a `with` block here would).
     B, T = ids.shape
-    S_max = T + max_new_tokens
-    cache = KVCache.for_model(model, B, S_max)
+    if decoder is None:
+        decoder = Decoder(model, B, T + max_new_tokens, compile=compile)
     seen = None
     if params.repetition_penalty not in (None, 1, 1.0):
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=ids.device)
         mark_seen(seen, ids, mask)
-    if mask is None:
-        positions = step_mask = None
-        logits = model(ids, cache=cache, last_only=True)[:, -1]
-    else:
-        # Left padding: real tokens get positions 0.., pads 0; keys valid = real prompt
-        # tokens and everything generated later. Pads attend to themselves (see docstring).
-        key_valid = torch.ones(B, S_max, dtype=torch.bool, device=ids.device)
-        key_valid[:, :T] = mask
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
-        eye = torch.eye(T, dtype=torch.bool, device=ids.device)
-        prefill_mask = (causal[None] & mask[:, None, :]) | eye[None]
-        logits = model(ids, positions=pos, cache=cache, attn_mask=prefill_mask[:, None], last_only=True)[:, -1]
-        positions = pos[:, -1] + 1
-        step_mask = key_valid[:, None, None, :]  # sliced to the cache length each step
+    logits = decoder.start(ids, mask, max_new_tokens)
     for i in range(max_new_tokens):
         tok = sample_next(logits, params, seen, generator)
         yield tok
@@ -192,11 +179,7 @@ def iter_tokens(model, ids: torch.Tensor, max_new_tokens: int, params: SamplingP
             break
         if seen is not None:
             mark_seen(seen, tok)
-        if positions is None:
-            logits = step_fn(model, tok, cache)
-        else:
-            logits = step_fn(model, tok, cache, positions, step_mask[..., :cache.length + 1])
-            positions = positions + 1
+        logits = decoder.step(tok)
 
 
 # ---- public entry points -----------------------------------------------------------
@@ -224,7 +207,7 @@ def generate(model, input_ids, max_new_tokens: int = 32, temperature: float = 1.
              generator: torch.Generator | None = None, eos_token_id: int | Sequence[int] | None = None,
              stop_token_ids: Sequence[int] | None = None, stop_strings: Sequence[str] | None = None,
              tokenizer=None, attention_mask=None, pad_token_id: int | None = None,
-             step_fn: Callable = decode_one) -> torch.Tensor:
+             compile: bool = False) -> torch.Tensor:
     """Token ids [B, prompt+new] as transformers returns them (EOS kept, then pad_token_id).
 
     `eos_token_id=None` uses the model config's EOS; pass `[]` to never stop on a token.
@@ -251,7 +234,7 @@ def generate(model, input_ids, max_new_tokens: int = 32, temperature: float = 1.
     keep = [max_new_tokens] * B  # per row: generated tokens to keep (stop strings trim)
     holders = [(IncrementalDecoder(tokenizer), StopStringHolder(stops)) for _ in range(B)] if stops else None
     n = 0
-    for step, tok in enumerate(iter_tokens(model, ids, max_new_tokens, params, mask, gen, step_fn)):
+    for step, tok in enumerate(iter_tokens(model, ids, max_new_tokens, params, mask, gen, compile)):
         tok = torch.where(unfinished, tok, torch.full_like(tok, pad_token_id))
         out[:, T + step] = tok
         n = step + 1
@@ -286,6 +269,7 @@ class GenerationStats:
     """Filled in by stream_generate: token counts and wall times (seconds)."""
 
     prompt_tokens: int = 0
+    reused_tokens: int = 0   # prompt tokens whose K/V came from the decoder's cache (a chat)
     new_tokens: int = 0
     prefill_s: float = 0.0   # start → first token sampled (time to first token)
     decode_s: float = 0.0    # first token → last token
@@ -301,10 +285,11 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens: int = 128, tem
                     seed: int | None = None, generator: torch.Generator | None = None,
                     eos_token_id: int | Sequence[int] | None = None, stop_token_ids: Sequence[int] | None = None,
                     stop_strings: Sequence[str] | None = None, stats: GenerationStats | None = None,
-                    step_fn: Callable = decode_one) -> Iterator[str]:
+                    compile: bool = False, decoder: Decoder | None = None) -> Iterator[str]:
     """Yield printable text pieces of one prompt's continuation; stop ids/strings not emitted.
 
-    Validation runs here, before the first `next()`; pass `stats` for counts and timings.
+    Validation runs here, before the first `next()`; pass `stats` for counts and timings,
+    and a `decoder` kept across calls to reuse the cached prefix (a chat's earlier turns).
     """
     device = model.lm_head.weight.device
     ids, _ = prepare_prompts(_as_id_list(prompt_ids, "prompt_ids"), None, 0, device)
@@ -317,19 +302,21 @@ def stream_generate(model, tokenizer, prompt_ids, max_new_tokens: int = 128, tem
     gen = _make_generator(seed, generator, device)
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens, stats.stop_reason = T, "length"
-    return _stream(model, tokenizer, ids, max_new_tokens, params, stops, stop_ids, gen, stats, step_fn)
+    return _stream(model, tokenizer, ids, max_new_tokens, params, stops, stop_ids, gen, stats, compile, decoder)
 
 
-def _stream(model, tokenizer, ids, max_new_tokens, params, stops, stop_ids, gen, stats, step_fn) -> Iterator[str]:
+def _stream(model, tokenizer, ids, max_new_tokens, params, stops, stop_ids, gen, stats, compile,
+            decoder) -> Iterator[str]:
     dec, holder = IncrementalDecoder(tokenizer), StopStringHolder(stops)
     t0 = time.perf_counter()
     t_first = None
-    for tok in iter_tokens(model, ids, max_new_tokens, params, None, gen, step_fn):
+    for tok in iter_tokens(model, ids, max_new_tokens, params, None, gen, compile, decoder):
         t = int(tok[0])  # host sync: needed to detokenize anyway
         now = time.perf_counter()
         if t_first is None:
             t_first = now
             stats.prefill_s = now - t0
+            stats.reused_tokens = decoder.reused if decoder is not None else 0
         stats.new_tokens += 1
         stats.decode_s = now - t_first
         if t in stop_ids:

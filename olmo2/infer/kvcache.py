@@ -19,6 +19,12 @@ Footguns:
 - `max_len` is a hard limit; writing past it raises (size the cache to prompt + new
   tokens, at most the model's `max_seq_len`).
 - Rewinding is just `cache.length = n` (the positions after n are overwritten later).
+
+Slot mode (`cache.slot = tensor([n])`, set by `olmo2.infer.decoder.Decoder` for its
+one-token steps): `update()` then writes at the position held in that device tensor
+(`index_copy_`) and returns the *whole* buffers, so a step's shapes never change and a
+`torch.compile`d step needs neither recompiles nor dynamic shapes; the caller masks the
+keys past the slot. The host int `start` is ignored in that mode.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class KVCache:
         self.max_len = max_len
         self.batch_size = batch_size
         self.length = 0
+        self.slot: torch.Tensor | None = None  # see "Slot mode" in the module docstring
 
     @classmethod
     def for_model(cls, model: nn.Module, batch_size: int, max_len: int) -> "KVCache":
@@ -50,6 +57,11 @@ class KVCache:
 
     def update(self, layer_idx: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, T, D] at positions start..start+T; return K/V of 0..start+T."""
+        if self.slot is not None:
+            # In place at a device-held position: no host int enters the step, no slicing.
+            for buf, new in ((self.k[layer_idx], k), (self.v[layer_idx], v)):
+                buf.index_copy_(2, self.slot, new)
+            return self.k[layer_idx], self.v[layer_idx]
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KVCache overflow: positions up to {end} but max_len is {self.max_len}")
@@ -57,6 +69,16 @@ class KVCache:
         kb[:, :, start:end] = k
         vb[:, :, start:end] = v
         return kb[:, :, :end], vb[:, :, :end]
+
+    def grown(self, max_len: int) -> "KVCache":
+        """A larger cache holding this one's first `length` positions (for a chat that
+        outgrows its buffers; the old buffers are freed when dropped)."""
+        k0 = self.k[0]
+        new = KVCache(len(self.k), self.batch_size, k0.shape[1], max_len, k0.shape[3], k0.dtype, k0.device)
+        for dst, src in zip(new.k + new.v, self.k + self.v):
+            dst[:, :, :self.length] = src[:, :, :self.length]
+        new.length = self.length
+        return new
 
     def reset(self) -> None:
         """Forget all positions (buffers are kept and overwritten)."""
