@@ -12,10 +12,10 @@ Why a step of fixed shape: the step attends over the *whole* preallocated cache
 tensor advanced in place. Nothing in the step depends on a host integer, so (a) it never
 reads a value back from the device, and (b) a compiled step is one static graph, traced
 once (no `dynamic=True`, no recompiles per cache length). The price is attention over
-empty positions: keys are ~1/40 of the weights' bytes per position for OLMo 2 1B
-(128 KiB of bf16 K/V vs 2.6 GB of bf16 weights... per *token of context*: at 256 positions
-~1 % of a step), which is why the cache is sized to what the call needs, not to the
-model's context, and grows in `GROW` blocks for a chat.
+the empty positions too: for OLMo 2 1B each position holds 256 KiB of fp32 K/V (128 KiB in
+bf16), so a step over 256 positions reads ~64 MiB next to 5.1 GB of fp32 weights (~1 %).
+That is why the cache is sized to what the call needs, not to the model's context, and
+grows in `GROW`-position blocks for a chat.
 
 Prefill runs in chunks of `prefill_chunk` tokens through the ordinary prefix path of the
 cache (host-int positions, attention over the filled prefix only): activations stay
@@ -85,7 +85,8 @@ class Decoder:
         self.model, self.B, self.chunk = model, batch_size, prefill_chunk
         self.device = model.lm_head.weight.device
         self._fn = compiled_step(model) if compile else _step
-        self.cache = KVCache.for_model(model, batch_size, max(1, capacity))  # 0: grow on first start()
+        # zeroed: the step reads every position (masked); see KVCache. 0: grow on first start().
+        self.cache = KVCache.for_model(model, batch_size, max(1, capacity), zeroed=True)
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self._alloc_masks(self.capacity)

@@ -36,24 +36,29 @@ class KVCache:
     """Per-layer preallocated K/V buffers; `update()` writes in place, returns prefix views."""
 
     def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", zeroed: bool = False):
         if max_len <= 0 or batch_size <= 0:
             raise ValueError(f"KVCache needs max_len > 0 and batch_size > 0 (got {max_len}, {batch_size})")
         shape = (batch_size, n_kv_heads, max_len, head_dim)
-        # torch.empty, not zeros: every position is written before it is read.
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        # torch.empty, not zeros, on the prefix path: every position is written before it is
+        # read. Slot mode reads the whole buffer (masked), and a masked NaN from uninitialised
+        # memory still poisons the output (softmax weight 0 × NaN in V = NaN): `zeroed=True`.
+        alloc = torch.zeros if zeroed else torch.empty
+        self.zeroed = zeroed
+        self.k = [alloc(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [alloc(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.max_len = max_len
         self.batch_size = batch_size
         self.length = 0
         self.slot: torch.Tensor | None = None  # see "Slot mode" in the module docstring
 
     @classmethod
-    def for_model(cls, model: nn.Module, batch_size: int, max_len: int) -> "KVCache":
+    def for_model(cls, model: nn.Module, batch_size: int, max_len: int, zeroed: bool = False) -> "KVCache":
         """A cache shaped for `model` (an `Olmo2`), in its parameters' dtype and device."""
         cfg = model.config
         p = model.lm_head.weight
-        return cls(cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim, dtype=p.dtype, device=p.device)
+        return cls(cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim, dtype=p.dtype, device=p.device,
+                   zeroed=zeroed)
 
     def update(self, layer_idx: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, Hkv, T, D] at positions start..start+T; return K/V of 0..start+T."""
@@ -74,7 +79,8 @@ class KVCache:
         """A larger cache holding this one's first `length` positions (for a chat that
         outgrows its buffers; the old buffers are freed when dropped)."""
         k0 = self.k[0]
-        new = KVCache(len(self.k), self.batch_size, k0.shape[1], max_len, k0.shape[3], k0.dtype, k0.device)
+        new = KVCache(len(self.k), self.batch_size, k0.shape[1], max_len, k0.shape[3], k0.dtype, k0.device,
+                      zeroed=self.zeroed)
         for dst, src in zip(new.k + new.v, self.k + self.v):
             dst[:, :, :self.length] = src[:, :, :self.length]
         new.length = self.length
