@@ -169,8 +169,10 @@ class Decoder:
             kw = {}
             if full_mask is not None:  # padded rows: this chunk's rows against keys 0..b
                 kw = dict(positions=pos[:, a:b], attn_mask=full_mask[:, None, a:b, :b])
-            out = self.model(ids[:, a:b], cache=self.cache, last_only=b == T, head=b == T, **kw)
-            logits = out
+            if b < T:  # an inner chunk only fills the cache: skip the lm_head entirely
+                self.model(ids[:, a:b], cache=self.cache, head=False, **kw)
+            else:
+                logits = self.model(ids[:, a:b], cache=self.cache, last_only=True, **kw)
         return logits[:, -1]
 
     # ---- one token -------------------------------------------------------------------
