@@ -44,9 +44,12 @@ class OlmesRows:
     """Which OLMES tasks each replicate stage gets, and how much of them.
 
     Defaults are sized by cost, for `make demo`'s ≲ 40 s budget for these rows over 5 models:
-    on the demo's 3M-parameter model (1 thread, 2 cores at load ~22) a GSM8K problem took
-    ~0.45 CPU-s at 64 new tokens (the ~450-token prompt's prefill dominates) and a TruthfulQA
-    question ~0.12 CPU-s; 10 + 30 items per model ≈ 7 CPU-s, ≈ 35 CPU-s for 5 models."""
+    on a random model of the demo's shape (3M parameters, never stops early: the worst case),
+    1 thread, 2 cores at load ~22, a GSM8K problem took ~0.45 CPU-s at 64 new tokens (the
+    ~450-token prompt's prefill dominates) and a TruthfulQA question ~0.12 CPU-s, so 10 + 30
+    items ≈ 7 CPU-s per model. With the demo's 2 threads at load ~24 all 5 models took 94 CPU-s
+    (651 s wall): spin-waiting threads inflate CPU time under contention. Not measured idle:
+    if `make demo` goes over budget, lower these limits first."""
 
     gsm8k_limit: int | None = 10
     """First N GSM8K test problems (0: leave GSM8K out; None: all 1319)."""
