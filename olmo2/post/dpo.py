@@ -58,3 +58,9 @@ def pair_logps(model: nn.Module, mb: dict, average: bool, chunk_tokens: int | No
     logps, mask = model_token_logps(model, ids, labels, chunk_tokens, autocast)
     seq = sequence_logps(logps, mask, average)
     return seq[:n], seq[n:]
+
+
+def run_dpo(*args, **kwargs):
+    """`olmo2 dpo`'s Python entry point (defined in olmo2/post/dpo_run.py; see run_dpo there)."""
+    from olmo2.post.dpo_run import run_dpo as run
+    return run(*args, **kwargs)

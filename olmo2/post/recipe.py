@@ -121,7 +121,9 @@ def apply_post_overrides(recipe: PostRecipe, overrides: list[str] | tuple = ()) 
 def _registry() -> dict[str, Callable[[], PostRecipe]]:
     from olmo2.recipes import olmo2 as published
     from olmo2.recipes import tiny
-    return {"olmo2_1b_sft": published.olmo2_1b_sft, "tiny_sft": tiny.tiny_sft}
+    return {"olmo2_1b_sft": published.olmo2_1b_sft, "tiny_sft": tiny.tiny_sft,
+            "olmo2_1b_dpo": published.olmo2_1b_dpo, "tiny_dpo": tiny.tiny_dpo,
+            "olmo2_1b_rlvr": published.olmo2_1b_rlvr, "tiny_rlvr": tiny.tiny_rlvr}
 
 
 def get_post_recipe(name: str, kind: type = SFTConfig) -> PostRecipe:

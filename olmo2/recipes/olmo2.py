@@ -116,3 +116,44 @@ def olmo2_1b_sft():
                       stage=SFTConfig(epochs=2, warmup_ratio=0.03, add_bos=True, packing=True, reduce_loss="mean"),
                       notes="allenai/tulu-3-sft-olmo-2-mixture-0225; the step count and warmup follow from the "
                             "packed data (2 epochs, 3% warmup)")
+
+
+def olmo2_1b_dpo():
+    """OLMo-2-0425-1B-DPO: dpo_norm, β 5, LR 2.5e-6 linear, 10% warmup, 1 epoch, 128 pairs × 2048, wd 0.
+
+    facts §5 (open-instruct dpo_tune_cache.py, 8×H100): batch 8 per device × 2 accumulation
+    × 8 GPUs, seed 111, `--add_bos`, tulu template, gradient checkpointing; data
+    allenai/olmo-2-0425-1b-preference-mix. AdamW defaults (0.9, 0.999, 1e-8), no z-loss; no
+    gradient clipping (the script's default; the 1B command's value is UNCONFIRMED)."""
+    from olmo2.post.dpo_run import DPOConfig
+    from olmo2.post.recipe import PostRecipe
+    train = TrainConfig(lr=2.5e-6, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
+                        schedule="linear", warmup_tokens=0, t_max_tokens=1, alpha_f=0.0,
+                        global_batch_size=128, micro_batch_size=8, seq_len=2048, max_steps=1, max_tokens=None,
+                        z_loss_coeff=0.0, activation_checkpointing=True, seed=111, save_every=100, keep_last=3)
+    return PostRecipe(name="olmo2_1b_dpo", train=train,
+                      stage=DPOConfig(beta=5.0, loss_type="dpo_norm", epochs=1, warmup_ratio=0.1, add_bos=True,
+                                      data_seed=111),
+                      notes="allenai/olmo-2-0425-1b-preference-mix; steps follow from the pairs (1 epoch, 10% warmup)")
+
+
+def olmo2_1b_rlvr():
+    """OLMo-2-0425-1B-RLVR1: GRPO, 16 samples per prompt, temperature 1, constant LR 5e-7, β 0.01 (k3), clip 0.2.
+
+    facts §5 (open-instruct grpo_vllm_thread_ray_gtrl.py, 2 nodes of H100): response and
+    prompt length 2048, reward 10 for a verified answer else 0, no reward model, no
+    non-stop penalty, seed 1; data allenai/RLVR-GSM-MATH-IF-Mixed-Constraints. Batch: 48
+    prompts × 16 completions per step (the modern re-run's num_unique_prompts_rollout 48;
+    the original's per-GPU rollout/mini-batch sizes do not give one global figure here:
+    UNCONFIRMED), one update per rollout; total_episodes 2,000,000 ≈ 2,604 steps."""
+    from olmo2.post.recipe import PostRecipe
+    from olmo2.post.rlvr import RLVRConfig
+    train = TrainConfig(lr=5e-7, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=None,
+                        schedule="constant", warmup_tokens=0, global_batch_size=48 * 16, micro_batch_size=4,
+                        seq_len=4096, max_steps=2_000_000 // (48 * 16), max_tokens=None, z_loss_coeff=0.0,
+                        activation_checkpointing=True, seed=1, save_every=20, keep_last=3, eval_every=20)
+    return PostRecipe(name="olmo2_1b_rlvr", train=train,
+                      stage=RLVRConfig(group_size=16, temperature=1.0, max_new_tokens=2048, max_prompt_tokens=2048,
+                                       clip=0.2, beta=0.01),
+                      notes="allenai/RLVR-GSM-MATH-IF-Mixed-Constraints; checkpoints every 20 steps as the "
+                            "released step_XXX revisions")

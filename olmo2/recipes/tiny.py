@@ -140,3 +140,30 @@ def tiny_sft():
     return PostRecipe(name="tiny_sft", train=train,
                       stage=SFTConfig(epochs=2, warmup_ratio=0.03, add_bos=True, packing=True, reduce_loss="sum"),
                       notes="CPU-sized SFT; step count from the packed data")
+
+
+def tiny_dpo():
+    """DPO on CPU: the 1B DPO recipe's shape (dpo_norm β 5, linear, 10% warmup, wd 0) at 8 pairs × 256 tokens, LR 1e-4."""
+    from olmo2.post.dpo_run import DPOConfig
+    from olmo2.post.recipe import PostRecipe
+    train = TrainConfig(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=1.0,
+                        schedule="linear", warmup_tokens=0, t_max_tokens=1, alpha_f=0.0,
+                        global_batch_size=8, micro_batch_size=8, seq_len=256, max_steps=1, max_tokens=None,
+                        z_loss_coeff=0.0, precision="fp32", seed=1, save_every=50, keep_last=1, log_every=1)
+    return PostRecipe(name="tiny_dpo", train=train,
+                      stage=DPOConfig(beta=5.0, loss_type="dpo_norm", epochs=1, warmup_ratio=0.1, add_bos=True),
+                      notes="CPU-sized DPO; step count from the pairs")
+
+
+def tiny_rlvr():
+    """GRPO on CPU: 4 prompts × 8 completions of ≤ 16 tokens per step, constant LR 1e-4, β 0.01, clip 0.2, 20 steps."""
+    from olmo2.post.recipe import PostRecipe
+    from olmo2.post.rlvr import RLVRConfig
+    train = TrainConfig(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=1.0,
+                        schedule="constant", warmup_tokens=0, global_batch_size=32, micro_batch_size=32,
+                        seq_len=256, max_steps=20, max_tokens=None, z_loss_coeff=0.0, precision="fp32", seed=1,
+                        save_every=10, keep_last=1, log_every=1, eval_every=10)
+    return PostRecipe(name="tiny_rlvr", train=train,
+                      stage=RLVRConfig(group_size=8, temperature=1.0, max_new_tokens=16, max_prompt_tokens=112,
+                                       clip=0.2, beta=0.01),
+                      notes="CPU-sized GRPO")
