@@ -146,3 +146,26 @@ def test_a_missing_stage_entry_point_is_a_one_line_error():
     with pytest.raises(Olmo2Error, match=r"needs olmo2\.post\.nope\.run_x.*--through sft"):
         _entry("olmo2.post.nope", "run_x", "dpo")
     assert _entry("olmo2.post.chat_eval", "paired_diff", "sft") is paired_diff
+
+
+def test_chain_through_sft_end_to_end(tiny, tmp_path):
+    """run_chain on a test-sized base: data, leak check, the real `run_sft`, every model scored,
+    the SFT checks computed, report.md and chain.json written; a rerun reuses the stage."""
+    import json
+    from olmo2.checkpoint import save_model
+    from olmo2.post.chain import SECTION, run_chain
+    from olmo2.post.demo_data import InstructDataSpec
+    model, tok = tiny
+    base = save_model(model, tmp_path / "base", tokenizer=tok)
+    spec = ChainSpec(data=InstructDataSpec(sft_arith=200, sft_qa=0, dpo_pairs=6, rlvr_prompts=6, heldout_dpo=8),
+                     heldout=8, pref_pairs=8, reward_prompts=4, reward_samples=2, max_new_tokens=8, n_boot=100,
+                     overrides={"sft": ("sft.epochs=1", "train.seq_len=128", "train.progress=false")})
+    res = run_chain(base, tmp_path / "run", spec, through="sft")
+    assert list(res.models) == ["base", "sft"] and (res.models["sft"] / "config.json").exists()
+    assert [c.stage for c in res.checks] == ["SFT", "SFT"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert SECTION in report and "| sft |" in report and ("PASS" in report or "FAIL" in report)
+    saved = json.loads((tmp_path / "run" / "post" / "chain.json").read_text())
+    assert set(saved["evals"]) == {"base", "sft"} and saved["evals"]["sft"]["arith"]["n"] == 8
+    again = run_chain(base, tmp_path / "run", spec, through="sft")      # reuses sft/hf, replaces the section
+    assert (tmp_path / "run" / "report.md").read_text().count(SECTION) == 1 and again.models == res.models
