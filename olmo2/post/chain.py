@@ -238,7 +238,7 @@ def run_chain(base: str | Path, out_dir: str | Path, spec: ChainSpec = ChainSpec
         + (f"; {leak.qa_questions} wheel Q/A checked against every question `olmo2 eval` scores" if eval_qs else ""),
         "chat arithmetic: greedy reply in the OLMo 2 chat template (leading <|endoftext|>), correct when the "
         "verifier (last number) matches; format adherence: the reply ended with EOS within "
-        f"{spec.max_new_tokens} tokens and invented no turn; preference accuracy: average per-token log-prob "
+        f"{spec.max_new_tokens} tokens, invented no turn and stated 'answer is N'; preference accuracy: average per-token log-prob "
         "of the chosen reply above the rejected one; reward: 10 per verified reply, mean over "
         f"{spec.reward_samples} samples at T=1 per prompt",
         "intervals: Wilson for rates; paired percentile bootstrap over items for stage-vs-previous "
