@@ -17,6 +17,8 @@ import torch
 from sft_fixtures import tiny_base, write_jsonl
 
 ENV = {**os.environ, "OLMO2_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+# 16 pairs / 8 per step × 4 epochs = 8 steps; a checkpoint every 2 so a kill after step 3 resumes at 2
+RUN = ["--set", "dpo.epochs=4", "--set", "train.lr=1e-2", "--set", "train.save_every=2"]
 
 
 def pairs(n: int = 16, seed: int = 0) -> list[dict]:
@@ -45,12 +47,12 @@ def _digest(d: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.slow  # five CLI runs of the tiny DPO
+@pytest.mark.slow  # five CLI runs of the tiny DPO (32 s on the 2 shared cores; passed)
 def test_dpo_learns_caches_the_frozen_reference_and_resumes_after_sigkill(tmp_path):
     base = tiny_base(tmp_path / "base", max_seq_len=256)
     before = _digest(base)
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(16))
-    full = _dpo(tmp_path, base, data, tmp_path / "full", "--set", "dpo.epochs=4", "--set", "train.lr=1e-2")
+    full = _dpo(tmp_path, base, data, tmp_path / "full", *RUN)
     assert full.returncode == 0, full.stderr
     assert "16 pairs (0 dropped" in full.stderr and "computed and cached" in full.stderr
     rec = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -73,10 +75,10 @@ def test_dpo_learns_caches_the_frozen_reference_and_resumes_after_sigkill(tmp_pa
     (cache,) = (tmp_path / "full").glob("ref_logps-*.json")
     np.testing.assert_allclose(np.asarray(json.loads(cache.read_text())["ref_logps"]), fresh, rtol=0, atol=1e-6)
 
-    killed = _dpo(tmp_path, base, data, tmp_path / "resumed", "--set", "dpo.epochs=4", "--set", "train.lr=1e-2",
+    killed = _dpo(tmp_path, base, data, tmp_path / "resumed", *RUN,
                   env={**ENV, "OLMO2_TEST_SIGKILL_AFTER_STEP": "3"})
     assert killed.returncode == -9
-    again = _dpo(tmp_path, base, data, tmp_path / "resumed", "--set", "dpo.epochs=4", "--set", "train.lr=1e-2")
+    again = _dpo(tmp_path, base, data, tmp_path / "resumed", *RUN)
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stderr and "read from the cache" in again.stderr, again.stderr
     a, b = load_model(tmp_path / "full" / "hf"), load_model(tmp_path / "resumed" / "hf")

@@ -58,7 +58,6 @@ def test_reward_rises_on_a_learnable_task(tmp_path):
     assert evals and 0.0 <= evals[-1]["eval/accuracy"] <= 1.0, evals
 
 
-@pytest.mark.slow  # three CLI runs of 4 GRPO steps
 def test_rlvr_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path):
     base = tiny_base(tmp_path / "base")
     data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
