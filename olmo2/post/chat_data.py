@@ -33,10 +33,8 @@ max_seq_length does) and counted; one left with no label is dropped and counted.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,36 +66,9 @@ def _check_messages(obj, where: str) -> list[dict]:
 def read_messages(sources: list[str]) -> list[tuple[str, list[dict]]]:
     """[(`file:line`, messages)] from JSONL files (or HF dataset ids); all bad lines are
     collected and the first is raised as DataError with the number of others."""
-    out: list[tuple[str, list[dict]]] = []
-    bad: list[str] = []
-    for src in sources:
-        p = Path(src)
-        if not p.exists():
-            out.extend(_read_hub(src))
-            continue
-        if p.is_dir():
-            raise DataError(f"{src}: is a directory; pass JSONL files")
-        n = 0
-        with open(p, encoding="utf-8", errors="strict") as f:
-            try:
-                for n, line in enumerate(f, 1):
-                    where = f"{src}:{n}"
-                    if not line.strip():
-                        continue
-                    try:
-                        out.append((where, _check_messages(json.loads(line), where)))
-                    except json.JSONDecodeError as e:
-                        bad.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-                    except DataError as e:
-                        bad.append(str(e))
-            except UnicodeDecodeError:
-                bad.append(f"{src}:{n + 1}: not UTF-8 text")
-    if bad:
-        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0]}{more}; fix or remove these lines")
-    if not out:
-        raise DataError(f"{', '.join(sources)}: no examples")
-    return out
+    from olmo2.post.jsonl import read_jsonl
+    return read_jsonl(sources, lambda obj, where: (where, _check_messages(obj, where)), "examples",
+                      missing=_read_hub)
 
 
 def _read_hub(name: str) -> list[tuple[str, list[dict]]]:

@@ -78,33 +78,15 @@ class DPOConfig:
 def read_pairs(sources: list[str]) -> list[tuple[str, list[dict], list[dict]]]:
     """[(`file:line`, chosen, rejected)]; every bad line collected, the first raised."""
     from olmo2.post.chat_data import _check_messages
-    out, bad = [], []
-    for src in sources:
-        p = Path(src)
-        if not p.is_file():
-            raise DataError(f"{src}: no such file (DPO data is JSONL with 'chosen' and 'rejected' message lists)")
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                where = f"{src}:{n}"
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    if not isinstance(obj, dict) or "chosen" not in obj or "rejected" not in obj:
-                        raise DataError(f"{where}: expected an object with 'chosen' and 'rejected' message lists")
-                    c = _check_messages({"messages": obj["chosen"]}, f"{where}: chosen")
-                    r = _check_messages({"messages": obj["rejected"]}, f"{where}: rejected")
-                    out.append((where, c, r))
-                except json.JSONDecodeError as e:
-                    bad.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-                except DataError as e:
-                    bad.append(str(e))
-    if bad:
-        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0]}{more}; fix or remove these lines")
-    if not out:
-        raise DataError(f"{', '.join(sources)}: no pairs")
-    return out
+    from olmo2.post.jsonl import read_jsonl
+
+    def parse(obj, where):
+        if not isinstance(obj, dict) or "chosen" not in obj or "rejected" not in obj:
+            raise DataError(f"{where}: expected an object with 'chosen' and 'rejected' message lists")
+        return (where, _check_messages({"messages": obj["chosen"]}, f"{where}: chosen"),
+                _check_messages({"messages": obj["rejected"]}, f"{where}: rejected"))
+    return read_jsonl(sources, parse, "pairs",
+                      hint="DPO data is JSONL with 'chosen' and 'rejected' message lists")
 
 
 @dataclass

@@ -98,31 +98,9 @@ class Prompt:
 
 def read_prompts(sources: list[str]) -> list[Prompt]:
     """Prompts with ground truths from JSONL (module docstring); all bad lines collected."""
-    out, bad = [], []
-    for src in sources:
-        p = Path(src)
-        if not p.is_file():
-            raise DataError(f"{src}: no such file (RLVR data is JSONL with messages/prompt and ground_truth)")
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                where = f"{src}:{n}"
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    bad.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-                    continue
-                try:
-                    out.append(_prompt(obj, where))
-                except DataError as e:
-                    bad.append(str(e))
-    if bad:
-        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0]}{more}; fix or remove these lines")
-    if not out:
-        raise DataError(f"{', '.join(sources)}: no prompts")
-    return out
+    from olmo2.post.jsonl import read_jsonl
+    return read_jsonl(sources, _prompt, "prompts",
+                      hint="RLVR data is JSONL with messages/prompt and ground_truth")
 
 
 def _prompt(obj, where: str) -> Prompt:
