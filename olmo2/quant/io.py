@@ -170,7 +170,10 @@ def load_quantized(d: Path, dtype: torch.dtype | None):
             # Norm weights may be stored in any float dtype; quantized tensors exactly as planned.
             if t_dtype != want and not (want.is_floating_point and t_dtype.is_floating_point and name.endswith("norm.weight")):
                 raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}, {META_NAME} implies {want}")
-            got[name], seen[name] = st.get(name), f
+            # A copy, not the memory map: aten's int8 kernel (_weight_int8pack_mm) segfaulted
+            # on a mapped int8 weight at the file's offset (test_quant_checkpoint.py::test_save_load_exact; a fresh buffer is
+            # aligned). Quantized weights are small, and each is read once here.
+            got[name], seen[name] = st.get(name).clone(), f
     missing = sorted(set(expected) - set(got))
     if missing:
         raise CheckpointError(f"{d}: missing tensor {missing[0]!r}; the checkpoint is incomplete")
