@@ -306,10 +306,8 @@ def run_dpo(model_dir: str, sources: list[str], out: str | os.PathLike, recipe="
             overrides: list[str] | tuple = (), tokenizer: str | None = None, restart: bool = False,
             export: bool = True) -> DPOResult:
     """DPO `model_dir` (an HF dir or hub id) on `sources` into `out` (module docstring)."""
-    from olmo2.checkpoint import load_model
     from olmo2.fsio import atomic_file, naming_write_errors
-    from olmo2.post.recipe import PostRecipe, apply_post_overrides, get_post_recipe, schedule_for
-    from olmo2.tokenizer import Tokenizer
+    from olmo2.post.recipe import PostRecipe, apply_post_overrides, get_post_recipe, load_start, schedule_for
     from olmo2.train import parallel
     from olmo2.train.loop import train
 
@@ -318,14 +316,9 @@ def run_dpo(model_dir: str, sources: list[str], out: str | os.PathLike, recipe="
     dpo: DPOConfig = r.stage
     out = Path(out)
     pairs = read_pairs(sources)
-    tok = Tokenizer.from_pretrained(tokenizer or model_dir)
-    model = load_model(model_dir, dtype=torch.float32)
-    mcfg = model.config
-    tok.check_fits(mcfg.vocab_size, f"{model_dir} (vocab_size)")
     seq_len = r.train.seq_len
-    if seq_len > mcfg.max_seq_len:
-        raise ConfigError(f"train.seq_len {seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}; "
-                          f"pass --set train.seq_len={mcfg.max_seq_len} or less")
+    tok, model = load_start(model_dir, tokenizer, seq_len)
+    mcfg = model.config
     parallel.init_distributed()
     try:
         enc = encode_pairs(tok, pairs, seq_len, dpo.add_bos)

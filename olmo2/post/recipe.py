@@ -138,3 +138,21 @@ def get_post_recipe(name: str, kind: type = SFTConfig) -> PostRecipe:
     if not isinstance(r.stage, kind):
         raise ConfigError(f"--recipe {name!r} is a {r.stage.SECTION} recipe, not {kind.SECTION}")
     return r
+
+
+def load_start(model_dir: str, tokenizer: str | None, seq_len: int):
+    """(tokenizer, fp32 model) a post-training stage starts from, checked against each other
+    and against the recipe's row length (train.seq_len), so a mismatch is a one-line error
+    before any data is encoded."""
+    import torch
+
+    from olmo2.checkpoint import load_model
+    from olmo2.tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(tokenizer or model_dir)
+    model = load_model(model_dir, dtype=torch.float32)
+    mcfg = model.config
+    tok.check_fits(mcfg.vocab_size, f"{model_dir} (vocab_size)")
+    if seq_len > mcfg.max_seq_len:
+        raise ConfigError(f"train.seq_len {seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}; "
+                          f"pass --set train.seq_len={mcfg.max_seq_len} or less")
+    return tok, model

@@ -30,7 +30,7 @@ from torch import nn
 from olmo2.errors import ConfigError
 from olmo2.post.chat_data import PackedSFTData, PackStats, encode_example, pack, read_messages
 from olmo2.post.lora import LoRAConfig, apply_lora, trainable_parameters
-from olmo2.post.recipe import PostRecipe, SFTConfig, apply_post_overrides, get_post_recipe, schedule_for
+from olmo2.post.recipe import PostRecipe, SFTConfig, apply_post_overrides, get_post_recipe, load_start, schedule_for
 from olmo2.train.loss import IGNORE_INDEX
 from olmo2.train.objective import LMObjective
 
@@ -103,9 +103,7 @@ def run_sft(base: str, sources: list[str], out: str | os.PathLike, recipe: str |
             overrides: list[str] | tuple = (), lora: LoRAConfig | None = None, tokenizer: str | None = None,
             restart: bool = False, export: bool = True) -> SFTResult:
     """SFT `base` (an HF dir or hub id) on `sources` into `out` (see the module docstring)."""
-    from olmo2.checkpoint import load_model
     from olmo2.fsio import atomic_file, naming_write_errors
-    from olmo2.tokenizer import Tokenizer
     from olmo2.train import parallel
     from olmo2.train.loop import train
 
@@ -114,14 +112,9 @@ def run_sft(base: str, sources: list[str], out: str | os.PathLike, recipe: str |
     sft: SFTConfig = r.stage
     out = Path(out)
     _check_resume(out, lora, restart)
-    tok = Tokenizer.from_pretrained(tokenizer or base)
-    model = load_model(base, dtype=torch.float32)
-    mcfg = model.config
-    tok.check_fits(mcfg.vocab_size, f"{base} (vocab_size)")
     seq_len = r.train.seq_len
-    if seq_len > mcfg.max_seq_len:
-        raise ConfigError(f"train.seq_len {seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}; "
-                          f"pass --set train.seq_len={mcfg.max_seq_len} or less")
+    tok, model = load_start(base, tokenizer, seq_len)
+    mcfg = model.config
     parallel.init_distributed()
     try:
         rows, stats = prepare_data(tok, sources, sft, seq_len, progress=r.train.progress and parallel.rank() == 0)
