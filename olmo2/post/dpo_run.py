@@ -306,10 +306,9 @@ def run_dpo(model_dir: str, sources: list[str], out: str | os.PathLike, recipe="
             overrides: list[str] | tuple = (), tokenizer: str | None = None, restart: bool = False,
             export: bool = True) -> DPOResult:
     """DPO `model_dir` (an HF dir or hub id) on `sources` into `out` (module docstring)."""
-    from olmo2.fsio import atomic_file, naming_write_errors
-    from olmo2.post.recipe import PostRecipe, apply_post_overrides, get_post_recipe, load_start, schedule_for
+    from olmo2.fsio import atomic_file
+    from olmo2.post.recipe import PostRecipe, apply_post_overrides, get_post_recipe, load_start, schedule_for, train_and_export
     from olmo2.train import parallel
-    from olmo2.train.loop import train
 
     r = recipe if isinstance(recipe, PostRecipe) else get_post_recipe(recipe, DPOConfig)
     r = apply_post_overrides(r, overrides)
@@ -356,15 +355,7 @@ def run_dpo(model_dir: str, sources: list[str], out: str | os.PathLike, recipe="
             with atomic_file(out / "recipe.json") as f:
                 json.dump(resolved, f, indent=2)
         objective = DPOObjective(dpo.beta, dpo.loss_type, row_tokens=seq_len)
-        with naming_write_errors(out, name_any=False):
-            res = train(mcfg, train_cfg, data, out, model=model, objective=objective, restart=restart)
-        hf = None
-        if export and res.last_checkpoint is not None:
-            hf = out / "hf"
-            if parallel.rank() == 0:
-                from olmo2.train.state import export_hf
-                export_hf(res.last_checkpoint, hf, tokenizer=tok)
-            parallel.barrier()
+        res, hf = train_and_export(mcfg, train_cfg, data, out, model, objective, tok, export, restart)
         parallel.print0(f"done: step {res.step}; model in {hf}")
         return DPOResult(out, hf, res.step, res.losses, cached, len(enc.chosen), enc.dropped)
     finally:

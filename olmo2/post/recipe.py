@@ -156,3 +156,22 @@ def load_start(model_dir: str, tokenizer: str | None, seq_len: int):
         raise ConfigError(f"train.seq_len {seq_len} exceeds the model's max_seq_len {mcfg.max_seq_len}; "
                           f"pass --set train.seq_len={mcfg.max_seq_len} or less")
     return tok, model
+
+
+def train_and_export(mcfg, train_cfg, data, out, model, objective, tok, export: bool = True,
+                     restart: bool = False, **train_kw):
+    """Every post-training stage's tail: the one loop, then (rank 0) the last checkpoint as an
+    HF directory `out/hf` with the tokenizer. Returns (TrainResult, hf dir or None)."""
+    from olmo2.fsio import naming_write_errors
+    from olmo2.train import parallel
+    from olmo2.train.loop import train
+    with naming_write_errors(out, name_any=False):
+        res = train(mcfg, train_cfg, data, out, model=model, objective=objective, restart=restart, **train_kw)
+    hf = None
+    if export and res.last_checkpoint is not None:
+        hf = out / "hf"
+        if parallel.rank() == 0:
+            from olmo2.train.state import export_hf
+            export_hf(res.last_checkpoint, hf, tokenizer=tok)
+        parallel.barrier()
+    return res, hf

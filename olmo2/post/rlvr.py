@@ -321,11 +321,10 @@ def run_rlvr(model_dir: str, sources: list[str], out: str | os.PathLike, recipe=
              tokenizer: str | None = None, restart: bool = False, export: bool = True) -> RLVRResult:
     """GRPO-train `model_dir` on the prompts in `sources` into `out` (module docstring)."""
     from olmo2.checkpoint import load_model
-    from olmo2.fsio import atomic_file, naming_write_errors
-    from olmo2.post.recipe import PostRecipe, apply_post_overrides, get_post_recipe
+    from olmo2.fsio import atomic_file
+    from olmo2.post.recipe import PostRecipe, apply_post_overrides, get_post_recipe, train_and_export
     from olmo2.tokenizer import Tokenizer
     from olmo2.train import parallel
-    from olmo2.train.loop import train
 
     r = recipe if isinstance(recipe, PostRecipe) else get_post_recipe(recipe, RLVRConfig)
     r = apply_post_overrides(r, overrides)
@@ -366,16 +365,8 @@ def run_rlvr(model_dir: str, sources: list[str], out: str | os.PathLike, recipe=
             def hook(m, state):
                 return heldout_accuracy(m, tok, held[0], held[1], cfg)
         objective = GRPOObjective(cfg.clip, cfg.beta, row_tokens=row_tokens)
-        with naming_write_errors(out, name_any=False):
-            res = train(mcfg, train_cfg, data, out, model=model, objective=objective, eval_hook=hook,
-                        restart=restart)
-        hf = None
-        if export and res.last_checkpoint is not None:
-            hf = out / "hf"
-            if parallel.rank() == 0:
-                from olmo2.train.state import export_hf
-                export_hf(res.last_checkpoint, hf, tokenizer=tok)
-            parallel.barrier()
+        res, hf = train_and_export(mcfg, train_cfg, data, out, model, objective, tok, export, restart,
+                                   eval_hook=hook)
         parallel.print0(f"done: step {res.step}; model in {hf}")
         return RLVRResult(out, hf, res.step, res.metrics_path)
     finally:
