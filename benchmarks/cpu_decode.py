@@ -178,9 +178,29 @@ def worker_hf(args) -> dict:
                 tokens=clock.toks, weight_bytes=weight_bytes_per_token(model.state_dict()))
 
 
+def llama_extra_bufts(on: bool) -> None:
+    """Turn llama.cpp's extra CPU buffer types (AMX tiles, repacked Q4_0/Q8_0 layouts) on/off.
+
+    On the Intel AMX host of 2026-11-29, llama-cpp-python 0.3.36 (GGML_NATIVE build) segfaults
+    on the first eval of any Q8_0/Q4_0 GGUF with them on, and runs the same file correctly with
+    them off (logits within the test's bound). The binding has no keyword for the model param
+    `use_extra_bufts`, so this wraps the defaults it starts from."""
+    import llama_cpp.llama as ll
+    base = ll.llama_cpp.llama_model_default_params
+    base = getattr(base, "_olmo2_base", base)
+
+    def params():
+        p = base()
+        p.use_extra_bufts = on
+        return p
+    params._olmo2_base = base
+    ll.llama_cpp.llama_model_default_params = params
+
+
 def worker_llama(args) -> dict:
     import numpy as np
     from llama_cpp import Llama
+    llama_extra_bufts(args.llama_extra_bufts == "on")
     t = time.perf_counter()
     llm = Llama(model_path=args.model, n_ctx=max(512, args.prompt_len + args.new_tokens + 8), n_batch=512,
                 n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
@@ -231,7 +251,7 @@ def spawn(args, worker: str, model: str, precision: str = "", compile: bool = Fa
     """One worker process; its RESULT dict, or a one-line reason it failed."""
     cmd = [sys.executable, __file__, "--worker", worker, "--model", model, "--precision", precision,
            "--threads", str(args.threads), "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
-    cmd += ["--compile"] * compile + ["--quick"] * args.quick
+    cmd += ["--compile"] * compile + ["--quick"] * args.quick + ["--llama-extra-bufts", args.llama_extra_bufts]
     r = subprocess.run(cmd, capture_output=True, text=True)
     lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
     if r.returncode != 0 or not lines:
@@ -356,6 +376,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="repeat the whole table this many times")
     ap.add_argument("--compile", action="store_true", help="add olmo2 rows with the torch.compile'd step")
     ap.add_argument("--only", choices=("olmo2", "hf", "llama"), default=None, help="run one system only")
+    ap.add_argument("--llama-extra-bufts", choices=("on", "off"), default="off",
+                    help="llama.cpp's AMX/repacked buffer types (off: they crash Q8_0/Q4_0 on AMX hosts)")
     ap.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=tuple(WORKERS), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -371,7 +393,7 @@ def main() -> None:
     versions = f"torch {torch.__version__}"
     if not llama_why:
         import llama_cpp
-        versions += f", llama-cpp-python {llama_cpp.__version__}"
+        versions += f", llama-cpp-python {llama_cpp.__version__} (extra buffer types {args.llama_extra_bufts})"
     print(f"# cpu_decode {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"CPU: {cpu_description()}")
     print(f"{model_dir} ({args.preset if not args.model else 'given'}), batch 1, prompt {args.prompt_len} + "
