@@ -29,7 +29,9 @@ Numerics (what "bit-compatible" rests on):
 - Attention is `F.scaled_dot_product_attention` with scale 1/sqrt(head_dim).
 
 The KV cache is duck-typed (see `olmo2/infer/kvcache.py`): the model only calls
-`cache.update(layer_idx, start, k, v) -> (k_all, v_all)` and reads/advances `cache.length`.
+`cache.update(layer_idx, start, k, v) -> (k_all, v_all)` and reads/advances `cache.length`;
+a cache that also has `attend(...)` computes the attention itself (shared-prefix batches,
+`olmo2/infer/prefix_cache.py`).
 Devices, sharding, files and sampling live elsewhere.
 """
 from __future__ import annotations
@@ -140,6 +142,11 @@ class Olmo2Attention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)   # [B, Hkv, T, D]
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None and hasattr(cache, "attend"):
+            # A cache that computes attention itself (olmo2/infer/prefix_cache.py: keys shared
+            # by every row are read once per batch instead of once per row).
+            y = cache.attend(self.layer_idx, start, q, k, v, attn_mask, self.scale)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         if cache is not None:
             # Keys/values of all earlier positions plus these: [B, Hkv, start+T, D].
             k, v = cache.update(self.layer_idx, start, k, v)

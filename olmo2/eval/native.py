@@ -12,10 +12,10 @@ scored as one chunk on top of that context. A 6-shot TruthfulQA question costs i
 ~20 tokens plus its choices instead of ~250 tokens per choice; an 8-shot GSM8K problem
 its question instead of ~900 tokens.
 
-Memory: the layers see their keys through `StackedCache`, a duck-typed KV cache whose
-read-only segments (the shared prefix, expanded; the per-context suffixes, gathered per
-choice row) are concatenated with the writable tail one layer at a time, so the full
-[rows × prefix] key tensor only ever exists for one layer.
+Memory and speed: the layers see their keys through `PrefixCache` (olmo2/infer/prefix_cache.py):
+the shared prefix is one batch-1 tensor per layer that attention reads once per batch (never
+expanded to the rows), per-context suffixes are gathered per choice row, and each row's
+own tokens go to a writable tail.
 
 Right padding everywhere: suffixes and continuations are padded at their ends and masked
 as keys; pad slots get clamped positions and their outputs are never read.
@@ -28,41 +28,9 @@ import torch
 
 from olmo2.errors import GenerationError
 from olmo2.eval.scoring import LoglikRequest, LoglikResult, cut_at_stops, encode_pair, rows_per_step
+from olmo2.infer.prefix_cache import PrefixCache
 
 MIN_PREFIX = 32  # tokens: shorter shared prefixes are not worth a separate pass
-
-
-class StackedCache:
-    """KV cache = read-only segments (per layer) + a writable tail; see module docstring.
-
-    segments: list of (k_layers, v_layers, rows) where each tensor is [1 or G, H, L, D] and
-    rows is None (batch-1 tensors, broadcast to every row) or a LongTensor picking rows.
-    """
-
-    def __init__(self, segments, rows: int, tail_len: int, like: torch.Tensor, n_layers: int):
-        self.segments = segments
-        self.base = sum(seg[0][0].shape[2] for seg in segments)
-        H, D = like.shape[1], like.shape[3]
-        self.k = [torch.empty(rows, H, tail_len, D, dtype=like.dtype, device=like.device) for _ in range(n_layers)]
-        self.v = [torch.empty_like(t) for t in self.k]
-        self.rows = rows
-        self.length = self.base
-
-    def _parts(self, layer: int, which: int) -> list[torch.Tensor]:
-        out = []
-        for seg in self.segments:
-            t, rows = seg[which][layer], seg[2]
-            out.append(t.expand(self.rows, -1, -1, -1) if rows is None else t.index_select(0, rows))
-        return out
-
-    def update(self, layer_idx: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        off = start - self.base
-        end = off + k.shape[2]
-        self.k[layer_idx][:, :, off:end] = k
-        self.v[layer_idx][:, :, off:end] = v
-        ks = self._parts(layer_idx, 0) + [self.k[layer_idx][:, :, :end]]
-        vs = self._parts(layer_idx, 1) + [self.v[layer_idx][:, :, :end]]
-        return (torch.cat(ks, 2), torch.cat(vs, 2)) if len(ks) > 1 else (ks[0], vs[0])
 
 
 def common_prefix(seqs: list[Sequence[int]]) -> tuple[int, ...]:
@@ -133,7 +101,7 @@ class NativeBackend:
             _, pk, pv = self._prefix_kv(prefix)
             segs = [(pk, pv, None)]
         like = model.lm_head.weight.new_empty(1, self.model.config.n_kv_heads, 1, self.model.config.head_dim)
-        cache = StackedCache(segs, G, S + tail, like, model.config.n_layers)
+        cache = PrefixCache(segs, G, S + tail, like, model.config.n_layers)
         pos = (P + torch.arange(S, device=dev))[None].expand(G, S).clamp(max=self.max_length - 1)
         keys = torch.ones(G, S, P + S, dtype=torch.bool, device=dev)
         keys[:, :, P:] = torch.ones(S, S, dtype=torch.bool, device=dev).tril()[None] & \
@@ -190,7 +158,7 @@ class NativeBackend:
         if C > 1:
             gi = torch.tensor(row_group, device=dev)
             segs = ([(self._prefix[1], self._prefix[2], None)] if P else []) + [(cache_g.k, cache_g.v, gi)]
-            cache = StackedCache(segs, B, C - 1, cache_g.k[0], model.config.n_layers)
+            cache = PrefixCache(segs, B, C - 1, cache_g.k[0], model.config.n_layers)
             x = torch.zeros(B, C - 1, dtype=torch.long, device=dev)
             for b, cont in enumerate(conts):
                 if len(cont) > 1:
@@ -268,9 +236,7 @@ class NativeBackend:
                 # every per-row tensor (the shared prefix segment is broadcast, nothing to drop).
                 # Row values are unchanged, so outputs equal decoding without compaction.
                 idx = torch.tensor(keep, device=dev)
-                cache.k = [k.index_select(0, idx) for k in cache.k]
-                cache.v = [v.index_select(0, idx) for v in cache.v]
-                cache.rows = len(keep)
+                cache.keep_rows(idx)
                 key_ok, lens = key_ok.index_select(0, idx), lens.index_select(0, idx)
                 live = [live[r] for r in keep]
             pos = (P + lens + t).clamp(max=self.max_length - 1)[:, None]
