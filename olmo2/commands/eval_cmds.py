@@ -23,8 +23,8 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model as OLMES does (GSM8K, TruthfulQA, ...); report, diff",
                        description="Run tasks (default), or `eval report RUN...`, or `eval diff A B`.")
     p.add_argument("--model", help="checkpoint directory or hub id")
-    p.add_argument("--tasks", help="comma-separated: gsm8k, truthfulqa (see README for the full list)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task only")
+    p.add_argument("--tasks", help="comma-separated: gsm8k, truthfulqa, mmlu, arc_challenge, ... (see README for the full list)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task only (mmlu: of each of its 57 subjects)")
     p.add_argument("--backend", default="native", help="native (olmo2's model) or hf (any transformers causal LM)")
     p.add_argument("--chat", action="store_true", help="chat-format variants (gsm8k::tulu, truthfulqa::tulu)")
     p.add_argument("--data-dir", default=os.environ.get("OLMO2_EVAL_DATA"),

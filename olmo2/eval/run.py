@@ -73,6 +73,16 @@ def _mc_spec(task: str) -> TaskSpec:
     return TaskSpec(task, load, run, f"{task}: OLMES RC and MC formats, best of the two (wheel data)")
 
 
+def _mmlu_load(opts):
+    from olmo2.eval.mmlu import load_mmlu
+    return load_mmlu()
+
+
+def _mmlu_run(backend, opts, data):
+    from olmo2.eval.mmlu import run_mmlu
+    return run_mmlu(backend, opts, data)
+
+
 TASKS: dict[str, TaskSpec] = {
     "gsm8k": TaskSpec("gsm8k", _gsm8k_load, _gsm8k_run,
                       "GSM8K test, 8-shot CoT, greedy, exact match (gsm8k::olmes; --chat: gsm8k::tulu)"),
@@ -83,6 +93,8 @@ TASKS: dict[str, TaskSpec] = {
 for _t in ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa",
            "sciq", "winogrande"):
     TASKS[_t] = _mc_spec(_t)
+TASKS["mmlu"] = TaskSpec("mmlu", _mmlu_load, _mmlu_run,
+                         "MMLU, 57 subjects, 5-shot from dev, OLMES RC and MC, macro average, best of the two")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -131,6 +143,7 @@ def run_eval(backend, data: dict[str, object], opts: EvalOptions, out_dir: Path,
             "n": len(out.predictions),
             "dropped_shot_items": out.dropped_shot_items,
             "settings": out.settings,
+            **out.extra,  # task-specific tables, e.g. MMLU's per-subject rows under "subjects"
         } for name, out in outputs},
         "results": [{"task": out.task, "metric": m.name, "value": m.value, "stderr": m.stderr, "n": m.n,
                      "primary": m.name == out.primary} for _, out in outputs for m in out.metrics],

@@ -146,20 +146,21 @@ def split_shots(items, num_shots: int) -> tuple[str, ...]:
     return shots if len(shots) == num_shots else ()
 
 
-def fit_item(backend, it: MCItem, shots: tuple[str, ...], where: str) -> tuple[MCItem, int]:
+def fit_item(backend, it: MCItem, shots: tuple[str, ...], where: str, head: str = "") -> tuple[MCItem, int]:
     """(item, leading shots dropped): the item unchanged when every request fits the model's
-    context, else with the fewest whole leading shots removed that make it fit."""
+    context, else with the fewest whole leading shots removed that make it fit. `head` is text
+    every context starts with before the shots (MMLU's subject description), kept when shots go."""
     def longest(reqs) -> int:
         return max(sum(map(len, encode_pair(backend.encode, c, x))) for c, x in reqs)
     n = longest(it.requests)
     if n <= backend.max_length:
         return it, 0
-    block = "\n\n".join(shots)
+    block = head + "\n\n".join(shots)
     if shots and all(c.startswith(block + "\n\n") for c, _ in it.requests):
         queries = [c[len(block) + 2:] for c, _ in it.requests]
         for drop in range(1, len(shots) + 1):
             kept = "\n\n".join(shots[drop:])
-            reqs = tuple((mc_prompts.join_context(kept, q), x) for q, (_, x) in zip(queries, it.requests))
+            reqs = tuple((head + mc_prompts.join_context(kept, q), x) for q, (_, x) in zip(queries, it.requests))
             n = longest(reqs)
             if n <= backend.max_length:
                 return replace(it, requests=reqs), drop
@@ -192,7 +193,9 @@ def _argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))  # first maximum, like numpy
 
 
-def _score_format(backend, f: MCFormat, items: tuple[MCItem, ...], progress) -> tuple[dict, list[dict]]:
+def score_format(backend, f: MCFormat, items: tuple[MCItem, ...], progress) -> tuple[dict, list[dict]]:
+    """Per-metric 0/1 lists (acc_raw, acc_per_char, acc_per_token[, acc_uncond]) and one
+    prediction record per item, scoring every request of `items` in one backend call."""
     reqs = [LoglikRequest(c, x) for it in items for c, x in it.requests]
     reqs += [LoglikRequest("Answer:", x) for it in items for x in it.uncond]
     res = backend.loglikelihood(reqs, progress)
@@ -233,7 +236,7 @@ def run_mc_task(backend, opts: EvalOptions, task: str, formats: dict[str, MCForm
         dropped[fmt] = {it.doc_id for it, d in fitted if d}
         n_req = sum(len(it.requests) + len(it.uncond) for it in items)
         prog = ExampleProgress(len(items), n_req, f"{task}:{fmt}", enabled=opts.progress)
-        vals, preds = _score_format(backend, f, items, prog)
+        vals, preds = score_format(backend, f, items, prog)
         prog.close()
         for k, v in vals.items():
             metrics.append(metric_of(f"{fmt}_{k}", v))
