@@ -4,6 +4,7 @@
     mc1, mc2 = truthfulqa_tasks(tdir, items, "local_tqa")   # lm-eval's own TruthfulQA YAMLs, local data
     arc = rc_task(tdir, arc_rc_items, "local_arc_rc")        # OLMES RC contexts as a multiple_choice task
     gsm = generate_task(tdir, contexts, "bench_gsm", stops, max_new=32)
+    mc = mmlu_tasks(tdir, subjects, "mc", "ref_mmlu")          # lm-eval's own MMLU YAMLs, local data
     simple_evaluate(model=HFLM(...), tasks=[mc1, mc2, arc], task_manager=TaskManager(include_path=str(tdir)))
 
 Used by the slow agreement test (tests/test_eval_lmeval.py) and the speed benchmark
@@ -11,7 +12,10 @@ Used by the slow agreement test (tests/test_eval_lmeval.py) and the speed benchm
 against the same peer setup. TruthfulQA keeps lm-eval's installed YAMLs and utils.py (its
 prompt and MC2 code, not ours) and only repoints the dataset at a local JSONL; the RC and
 generation tasks are minimal YAMLs over contexts we give, so prompts are identical on both
-sides by construction and what differs is only the scoring/generation code.
+sides by construction and what differs is only the scoring/generation code. MMLU includes
+lm-eval's installed per-subject YAMLs (description, dev split, first_n shots, delimiters,
+choices) and overrides only the data location and the query template (OLMES's), so lm-eval
+builds the few-shot prompt around our query and tests/test_eval_mmlu_lmeval.py compares.
 
 Needs lm-eval installed (`pip install "lm-eval[hf]==0.4.13"`); imported lazily, never by
 `olmo2 eval` itself. Footgun: the YAML rewrite asserts the lines it replaces, so a new
@@ -80,3 +84,45 @@ def generate_task(tdir: Path, contexts: Sequence[str], name: str, stops: Sequenc
         f"generation_kwargs:\n  until: {until}\n  do_sample: false\n  max_gen_toks: {max_new}\n"
         "metric_list:\n  - metric: exact_match\n")
     return name
+
+
+# OLMES's queries (oe_eval mmlu.py: make_mcq_prompt / make_cloze_prompt, question not stripped),
+# as Jinja over the MMLU doc fields; lm-eval's own are `{{question.strip()}}\nA. ...` and
+# `Question: {{question.strip()}}\nAnswer:` (tests/test_eval_mmlu_lmeval.py checks that too).
+OLMES_MMLU_QUERY = {
+    "mc": "Question: {{question}}\n A. {{choices[0]}}\n B. {{choices[1]}}\n C. {{choices[2]}}\n"
+          " D. {{choices[3]}}\nAnswer:",
+    "rc": "Question: {{question}}\nAnswer:",
+}
+
+
+def mmlu_tasks(tdir: Path, subjects, fmt: str, name: str) -> list[str]:
+    """lm-eval tasks `<name>_<fmt>_<subject>` over MMLUSubject docs (all dev, the given test):
+    lm-eval's `mmlu_<subject>.yaml` (MC) or `mmlu_<subject>_continuation.yaml` (RC) included as
+    is, with local data, OLMES's query template, 5 shots and, for RC, the MC description that
+    OLMES keeps (lm-eval's continuation variant says "questions (with answers)")."""
+    import lm_eval
+    import yaml  # PyYAML, an lm-eval dependency
+    root = Path(lm_eval.__file__).parent / "tasks" / "mmlu"
+    tdir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for s in subjects:
+        files = {}
+        for split, docs in (("dev", s.dev), ("test", s.test)):
+            files[split] = tdir / f"{name}_{s.name}_{split}.jsonl"
+            files[split].write_text("".join(json.dumps({"question": d.question, "subject": s.name,
+                                                        "choices": list(d.choices), "answer": d.answer}) + "\n"
+                                            for d in docs))
+        mc_yaml = root / "default" / f"mmlu_{s.name}.yaml"
+        inc = mc_yaml if fmt == "mc" else root / "continuation" / f"mmlu_{s.name}.yaml"
+        if not mc_yaml.is_file() or not inc.is_file():
+            raise RuntimeError(f"{inc}: lm-eval's MMLU task files moved; update olmo2/eval/lmeval_tasks.py")
+        task = f"{name}_{fmt}_{s.name}"
+        y = (f"include: {inc}\ntask: {task}\ntag: {name}_{fmt}\ndataset_path: json\ndataset_name: null\n"
+             + f"dataset_kwargs:\n  data_files:\n    dev: {files['dev']}\n    test: {files['test']}\n"
+             + f"doc_to_text: {json.dumps(OLMES_MMLU_QUERY[fmt])}\nnum_fewshot: 5\n")
+        if fmt == "rc":  # the description of lm-eval's MC file, which OLMES uses for both formats
+            y += f"description: {json.dumps(yaml.safe_load(mc_yaml.read_text())['description'])}\n"
+        (tdir / f"{task}.yaml").write_text(y)
+        names.append(task)
+    return names
