@@ -138,6 +138,39 @@ def test_bf16_linear_and_int8_embedding(monkeypatch):
     assert bool(((got - emb_w[ids]).abs() <= emb.scales.float()[ids][..., None] / 2 * (1 + 1e-6)).all())
 
 
+@pytest.mark.parametrize("m", [1, 40])
+def test_bf16_mkldnn_kernel_matches_f_linear(monkeypatch, m):
+    """oneDNN's linear on the once-reordered weight against eager bf16 F.linear (aten) and
+    the float product: identical at one row (decode), within bf16 rounding of the output
+    otherwise (the blocked GEMM may sum in another order)."""
+    from olmo2.quant.kernels import mkldnn_available
+    if not mkldnn_available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    w, x = _w(48, 96), _x(m, 96)
+    lin = BF16Linear.from_float(w)
+    monkeypatch.setenv(ENV, "aten")
+    y_aten = lin(x)
+    monkeypatch.setenv(ENV, "mkldnn")
+    y = lin(x)
+    assert "mkldnn" in lin._packed and y.dtype == torch.float32
+    if m == 1:
+        assert torch.equal(y, y_aten)
+    # The plain copy is dropped once packed (memory), yet saving, loading and the other
+    # kernels still see the exact weight.
+    assert lin.weight_bf16.untyped_storage().nbytes() == 2
+    assert torch.equal(lin.state_dict()["weight_bf16"], w.to(torch.bfloat16))
+    monkeypatch.setenv(ENV, "aten")
+    assert torch.equal(lin(x), y_aten)
+    fresh = BF16Linear(96, 48)
+    fresh.load_state_dict(lin.state_dict())
+    lin.load_state_dict(fresh.state_dict())
+    assert torch.equal(lin.weight_bf16, w.to(torch.bfloat16)) and not lin._packed
+    monkeypatch.setenv(ENV, "mkldnn")
+    wd, xb = lin.dequantized(), x.to(torch.bfloat16).float()
+    bound = BF16_U * (x.abs() @ wd.abs().T) + BF16_U * (xb @ wd.T).abs() + 2 * _fp32_slack(x, wd.abs())
+    assert bool(((y - x @ wd.T).abs() <= bound).all()), float(((y - x @ wd.T).abs() - bound).max())
+
+
 def test_env_override_is_checked(monkeypatch):
     from olmo2.errors import ConfigError
     monkeypatch.setenv(ENV, "fastest")

@@ -4,6 +4,7 @@
     OLMO2_QUANT_KERNEL=reference   the pure-PyTorch path everywhere (dequantize, F.linear)
     OLMO2_QUANT_KERNEL=aten        aten's int8/int4 weight-only kernels wherever they apply
     OLMO2_QUANT_KERNEL=fbgemm      fbgemm's dynamic W8A8 kernel for int8
+    OLMO2_QUANT_KERNEL=mkldnn      oneDNN's bf16 linear on a weight reordered once (bf16)
 
 A phase is decode (GEMV: one row of activations per call, bandwidth-bound) or prefill
 (GEMM: many rows, compute-bound); the two have different winners, so a linear picks per
@@ -21,6 +22,11 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   multiplies with VNNI (AVX-512) or vpmaddubsw (AVX2): several times aten's prefill
   speed. It changes the numerics (activation quantization), which the quality report
   measures; it is deprecated upstream, so it is optional and checked for at run time.
+- For bf16, oneDNN's `mkldnn._linear_pointwise` on a weight reordered once into its
+  blocked layout (`mkldnn._reorder_linear_weight`, what Inductor's freezing emits) streams
+  the weight ~1.4x faster than eager `F.linear` (which reorders per call) at batch 1 on
+  the Intel host (docs/cpu-kernels.md: 114 vs 147 ms per 1B token), with identical
+  outputs at one row (tests/test_quant_linear.py), and is no slower at prefill.
 - The reference path materialises the dequantized weight per call: slow, but it runs on
   any CPU and any PyTorch build, and it is what the tests compare every kernel against.
 """
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-KERNELS = ("auto", "reference", "aten", "fbgemm")
+KERNELS = ("auto", "reference", "aten", "fbgemm", "mkldnn")
 ENV = "OLMO2_QUANT_KERNEL"
 # Row count from which a call counts as prefill (GEMM). A decode step of a batch of B
 # requests has B rows; continuous batching rarely exceeds 16.
@@ -82,6 +88,15 @@ def fbgemm_available() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def mkldnn_available() -> bool:
+    """oneDNN's prepacked linear ops exist in this torch build."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def requested() -> str:
     """The kernel the environment asks for; an unknown value is a one-line error."""
     from olmo2.errors import ConfigError
@@ -101,6 +116,8 @@ def choose(fmt: str, phase: str) -> str:
         return "fbgemm" if fmt == "int8" and fbgemm_available() else "reference"
     if want == "aten":
         return "aten" if fmt in ("int8", "int4", "bf16") else "reference"
+    if want == "mkldnn":
+        return "mkldnn" if fmt == "bf16" and mkldnn_available() else "reference"
     # auto: the measured winners (benchmarks/RESULTS.md, "Quantized kernels").
     if fmt == "int8":
         # fbgemm was faster in benchmarks/quant_kernels.py (decode 2.1x, prefill 7x aten's
@@ -116,7 +133,9 @@ def choose(fmt: str, phase: str) -> str:
     if fmt == "bf16":
         # bf16 compute only where the CPU has bf16 dot products; elsewhere it is emulated
         # (~7x slower than fp32 on Zen 3), so upcast the weight instead.
-        return "aten" if kind.bf16 else "reference"
+        if not kind.bf16:
+            return "reference"
+        return "mkldnn" if mkldnn_available() else "aten"
     raise ValueError(f"unknown quantized format {fmt!r}")
 
 

@@ -188,12 +188,14 @@ class Int4Linear(_QuantLinear):
 
 class BF16Linear(_QuantLinear):
     fmt = "bf16"
+    PACKS = ("mkldnn",)
 
     def __init__(self, in_features: int, out_features: int, device=None):
         super().__init__(in_features, out_features)
         # Not named `weight`: that name is the compute-dtype probe (see _QuantLinear.weight).
         self.register_buffer("weight_bf16", torch.empty(out_features, in_features, dtype=torch.bfloat16,
                                                         device=device))
+        self._plain_dropped = False
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> "BF16Linear":
@@ -201,11 +203,45 @@ class BF16Linear(_QuantLinear):
         m.weight_bf16 = w.detach().to(torch.bfloat16).contiguous()
         return m
 
+    def _plain(self) -> torch.Tensor:
+        """The [N, K] bf16 weight, rebuilt from oneDNN's copy once the plain one was dropped."""
+        return self._packed["mkldnn"].to_dense() if self._plain_dropped else self.weight_bf16
+
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.weight_bf16.to(dtype)
+        return self._plain().to(dtype)
 
     def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight_bf16)
+        return F.linear(x.to(torch.bfloat16), self._plain())
+
+    def runs(self, kernel: str) -> bool:
+        return kernel != "mkldnn" or self.weight_bf16.device.type == "cpu"
+
+    def _pack(self, kernel: str):
+        # oneDNN's blocked layout, built once: F.linear reorders the plain weight on every
+        # call, which is what held eager bf16 decode to ~60% of the bandwidth limit. The
+        # packed copy holds the same values (to_dense() gives them back bit for bit), so the
+        # plain one is dropped — two copies would double the bf16 model's memory — and
+        # rebuilt only for the rare users of the plain layout (saving, other kernels).
+        packed = torch.ops.mkldnn._reorder_linear_weight(self.weight_bf16, 1)
+        self.weight_bf16 = self.weight_bf16.new_zeros(1).expand(self.out_features, self.in_features)
+        self._plain_dropped = True
+        return packed
+
+    def _mm_mkldnn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._packed_for("mkldnn"), None,
+                                                  "none", [], "")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._plain_dropped:
+            destination[prefix + "weight_bf16"] = self._plain()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        if self._plain_dropped:  # a real buffer to load into again (the placeholder is 1 element)
+            self.weight_bf16 = torch.empty(self.out_features, self.in_features, dtype=torch.bfloat16,
+                                           device=self.weight_bf16.device)
+            self._plain_dropped = False
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 class Int8Embedding(_Quantized):
