@@ -26,7 +26,7 @@ def _segments(gen, n_layers, Hkv, D, P, R, n_ctx, G, dtype):
 
 
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (8, 2)], ids=["mha", "gqa"])
-@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("T", [1, 5, 20])  # 20: past CASCADE_MAX_T, the SDPA path
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("blocked", [False, True])
 def test_attend_equals_sdpa_over_concatenated_keys(H, Hkv, T, dtype, tol, blocked, monkeypatch):

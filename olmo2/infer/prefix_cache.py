@@ -24,8 +24,14 @@ the tail. The model calls `attend` instead of `update` + SDPA when the cache has
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 SCORE_ELEMENTS = 1 << 26  # fp32 scores per block of rows (256 MiB): bounds the transient memory
+# Queries per row up to which `attend` uses the shared-prefix path. Decode steps (T = 1) and
+# short choice chunks gain; a long chunk (a prefill of several hundred suffix tokens) is
+# better served by SDPA's fused kernel than by materialised [T, keys] scores (MMLU, whose
+# contexts share only a short prefix, ran 1.3x slower with explicit scores everywhere).
+CASCADE_MAX_T = 16
 
 
 class PrefixCache:
@@ -87,12 +93,16 @@ class PrefixCache:
 
         attn_mask: bool [G or 1, 1, T, keys] (True = may attend) over [shared | per-row | tail];
         None only for one new token, which sees every key."""
-        end = self._write(layer_idx, start, k, v)
-        sk, sv = self._shared(layer_idx, 0), self._shared(layer_idx, 1)
-        rk, rv = self._per_row(layer_idx, 0, end), self._per_row(layer_idx, 1, end)
         G, H, T, D = q.shape
         if attn_mask is None and T > 1:
             raise ValueError("PrefixCache.attend: a chunk of several tokens needs an explicit mask")
+        if T > CASCADE_MAX_T or not any(seg[2] is None for seg in self.segments):
+            kk, vv = self.update(layer_idx, start, k, v)
+            return F.scaled_dot_product_attention(q, kk, vv, attn_mask=attn_mask, scale=scale,
+                                                  enable_gqa=kk.shape[1] != H)
+        end = self._write(layer_idx, start, k, v)
+        sk, sv = self._shared(layer_idx, 0), self._shared(layer_idx, 1)
+        rk, rv = self._per_row(layer_idx, 0, end), self._per_row(layer_idx, 1, end)
         keys = (sk.shape[2] if sk is not None else 0) + rk.shape[2]
         step = max(1, SCORE_ELEMENTS // max(1, H * T * keys))  # rows per block of scores
         if step >= G:
