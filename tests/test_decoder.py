@@ -31,6 +31,17 @@ def ids(n: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
     return torch.randint(0, CFG.vocab_size, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.slow
+def test_compiled_step_of_a_bf16_model_gives_eager_tokens():
+    """bf16 linears decode eagerly on oneDNN's prepacked copy; compiling hands Inductor the
+    plain weights instead (olmo2/quant/linear.py keep_plain). Same greedy tokens."""
+    from olmo2.quant.swap import quantize_model
+    m = quantize_model(tiny(), "bf16")
+    x = ids(6)
+    eager = generate(m, x, 24, temperature=0, eos_token_id=[])
+    assert torch.equal(generate(m, x, 24, temperature=0, eos_token_id=[], compile=True), eager)
+
+
 @torch.inference_mode()
 def test_step_equals_prefix_cache_step():
     m = tiny()

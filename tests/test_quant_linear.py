@@ -171,6 +171,23 @@ def test_bf16_mkldnn_kernel_matches_f_linear(monkeypatch, m):
     assert bool(((y - x @ wd.T).abs() <= bound).all()), float(((y - x @ wd.T).abs() - bound).max())
 
 
+def test_bf16_keep_plain_for_compile(monkeypatch):
+    """A model about to be compiled gets its plain bf16 weights back and stops using the
+    opaque oneDNN copy (Inductor cannot take it as a graph input; it packs its own)."""
+    from olmo2.quant.kernels import mkldnn_available
+    if not mkldnn_available():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    w, x = _w(32, 64), _x(1, 64)
+    lin = BF16Linear.from_float(w)
+    monkeypatch.setenv(ENV, "mkldnn")
+    y = lin(x)
+    assert lin._plain_dropped
+    lin.keep_plain()
+    assert torch.equal(lin.weight_bf16, w.to(torch.bfloat16)) and not lin.runs("mkldnn") and not lin._packed
+    assert torch.equal(lin(x), y)  # the aten path, same values at one row
+    assert not lin._packed and not lin._plain_dropped
+
+
 def test_env_override_is_checked(monkeypatch):
     from olmo2.errors import ConfigError
     monkeypatch.setenv(ENV, "fastest")

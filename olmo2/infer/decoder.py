@@ -69,6 +69,9 @@ def compiled_step(model):
     must never reach the first one's graph."""
     fn = _COMPILED.get(model)
     if fn is None:
+        for m in model.modules():  # bf16 linears: the graph needs their plain weights (quant/linear.py)
+            if hasattr(m, "keep_plain"):
+                m.keep_plain()
         own = types.FunctionType(_step.__code__.replace(), _step.__globals__, f"_step_{id(model):x}")
         fn = torch.compile(own, dynamic=False, options={"freezing": True, "fx_graph_cache": False})
         _COMPILED[model] = fn

@@ -196,6 +196,7 @@ class BF16Linear(_QuantLinear):
         self.register_buffer("weight_bf16", torch.empty(out_features, in_features, dtype=torch.bfloat16,
                                                         device=device))
         self._plain_dropped = False
+        self._keep_plain = False
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> "BF16Linear":
@@ -214,7 +215,13 @@ class BF16Linear(_QuantLinear):
         return F.linear(x.to(torch.bfloat16), self._plain())
 
     def runs(self, kernel: str) -> bool:
-        return kernel != "mkldnn" or self.weight_bf16.device.type == "cpu"
+        # Compiled models keep plain weights (Inductor's freezing packs its own copy from a
+        # plain F.linear; an opaque oneDNN tensor cannot enter its graph).
+        return kernel != "mkldnn" or (self.weight_bf16.device.type == "cpu" and not self._keep_plain)
+
+    def _mm_reference(self, x: torch.Tensor) -> torch.Tensor:
+        # what a kernel this module cannot run falls back to: the bf16 matmul, not an upcast
+        return self._mm_aten(x) if self._keep_plain else super()._mm_reference(x)
 
     def _pack(self, kernel: str):
         # oneDNN's blocked layout, built once: F.linear reorders the plain weight on every
@@ -223,9 +230,18 @@ class BF16Linear(_QuantLinear):
         # plain one is dropped — two copies would double the bf16 model's memory — and
         # rebuilt only for the rare users of the plain layout (saving, other kernels).
         packed = torch.ops.mkldnn._reorder_linear_weight(self.weight_bf16, 1)
-        self.weight_bf16 = self.weight_bf16.new_zeros(1).expand(self.out_features, self.in_features)
-        self._plain_dropped = True
+        if not self._keep_plain:
+            self.weight_bf16 = self.weight_bf16.new_zeros(1).expand(self.out_features, self.in_features)
+            self._plain_dropped = True
         return packed
+
+    def keep_plain(self) -> None:
+        """Hold the plain weight from now on: a compiled graph reads it (and packs its own copy)."""
+        if self._plain_dropped:
+            self.weight_bf16 = self._plain()
+            self._plain_dropped = False
+        self._packed.pop("mkldnn", None)
+        self._keep_plain = True
 
     def _mm_mkldnn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self._packed_for("mkldnn"), None,
