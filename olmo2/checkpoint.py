@@ -19,6 +19,7 @@ argument is not a local path; offline that fails with a one-line explanation.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -129,6 +130,26 @@ _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16
               "BOOL": torch.bool}
 
 
+_TRACKED: list | None = None  # SafetensorsFiles opened inside `tracking_mappings()`
+
+
+@contextlib.contextmanager
+def tracking_mappings():
+    """Keep the files opened in this block findable by `release_pages` until it ends (the
+    loaded tensors reference the mapping, not the SafetensorsFile that knows its address)."""
+    global _TRACKED
+    outer, _TRACKED = _TRACKED, []
+    try:
+        yield
+    finally:
+        _TRACKED = outer
+
+
+def release_pages(t: torch.Tensor) -> bool:
+    """`SafetensorsFile.release` on whichever tracked mapping holds `t` (False if none does)."""
+    return any(f.release(t) for f in (_TRACKED or ()))
+
+
 class SafetensorsFile:
     """A zero-copy reader of one .safetensors file.
 
@@ -158,6 +179,13 @@ class SafetensorsFile:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise CheckpointError(f"{bad} (header is not JSON); re-download or re-save it") from None
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else None
+        if self.mm is not None:
+            import ctypes
+            view = ctypes.c_char.from_buffer(self.mm)  # the mapping's address, for release_pages
+            self.addr = ctypes.addressof(view)
+            del view  # an exported buffer would keep the mapping from ever closing
+            if _TRACKED is not None:
+                _TRACKED.append(self)
         if not isinstance(header, dict):
             raise CheckpointError(f"{bad} (header is not a JSON object); re-download or re-save it")
         header.pop("__metadata__", None)
@@ -179,6 +207,28 @@ class SafetensorsFile:
 
     def keys(self):
         return self.entries.keys()
+
+    def release(self, t: torch.Tensor) -> bool:
+        """Drop the pages under tensor `t` (a view of this mapping) from the process's memory.
+
+        For loads that convert weights as they go (quantizing on the fly): once a tensor's
+        converted copy exists, its mapped pages only inflate the resident set (~6 GB for the
+        fp32 1B). MADV_DONTNEED on this private, never-written mapping discards them; a later
+        read would fault them in again from the file, so nothing is lost. False if `t` is
+        not inside this mapping (then nothing is done: on anonymous memory DONTNEED would
+        zero live data)."""
+        import mmap
+        if self.mm is None or self.mm.closed or t.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+            return False
+        lo = t.data_ptr() - self.addr
+        hi = lo + t.numel() * t.element_size()
+        if lo < 0 or hi > len(self.mm) or not t.is_contiguous():
+            return False
+        page = mmap.PAGESIZE
+        lo, hi = -(-lo // page) * page, hi // page * page  # whole pages inside the tensor only
+        if hi > lo:
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return True
 
     def get(self, name: str) -> torch.Tensor:
         dtype, shape, begin, end = self.entries[name]

@@ -211,3 +211,36 @@ def test_quality_report_against_hand_computed_figures(float_ckpt, monkeypatch):
     assert same.mean_kl == 0.0 and same.top1_agreement == 1.0 and same.ppl_ratio == 1.0
     assert math.isclose(q8.mean_kl, kl / n, rel_tol=1e-4, abs_tol=1e-9)
     assert "| int8 |" in report_markdown(rows)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_quantizing_by_row_blocks_is_exact(bpe_tok, monkeypatch, mode):
+    """Row-block quantization (bounded temporaries for the 100k-row tables) gives the same
+    buffers as quantizing each weight whole: every format quantizes rows independently."""
+    from olmo2.quant import swap
+    whole = quantize_model(_model(bpe_tok), mode, group_size=32).state_dict()
+    monkeypatch.setattr(swap, "ROW_BLOCK_ELEMENTS", 7 * 64)  # 7 rows of 64: ragged last block
+    blocked = quantize_model(_model(bpe_tok), mode, group_size=32)
+    assert blocked.lm_head.out_features == 320 and blocked.model.embed_tokens.num_embeddings == 320
+    got = blocked.state_dict()
+    assert got.keys() == whole.keys()
+    for k in whole:
+        assert torch.equal(got[k], whole[k]), k
+
+
+def test_on_the_fly_load_releases_each_float_weight(float_ckpt, monkeypatch):
+    """Quantizing a mapped checkpoint at load drops each float weight's file pages once its
+    quantized copy exists (every planned weight found in a tracked mapping), and the model
+    equals one quantized from an in-memory copy."""
+    from olmo2 import checkpoint
+    from olmo2.checkpoint import load_model
+    released = []
+    real = checkpoint.release_pages
+    monkeypatch.setattr(checkpoint, "release_pages", lambda t: released.append(real(t)) or released[-1])
+    m = load_model(float_ckpt, quant="int8")
+    assert released and all(released) and len(released) == len(m.quant_plan)
+    assert checkpoint._TRACKED is None  # tracking ends with the load
+    ref = quantize_model(load_model(float_ckpt), "int8")
+    ids = torch.tensor([[1, 5, 9, 200]])
+    with torch.no_grad():
+        assert torch.equal(m(ids), ref(ids))

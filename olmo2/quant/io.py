@@ -202,8 +202,10 @@ def load_for_inference(path_or_id, dtype: torch.dtype | None, quant: str | None)
         return load_quantized(d, dtype)
     if quant is None:
         return load_float(d, dtype)
-    model = load_float(d, None)  # stored dtype: no fp32 copy of a bf16 checkpoint
+    from olmo2.checkpoint import tracking_mappings
     from olmo2.quant.swap import quantize_model
-    quantize_model(model, quant)
+    with tracking_mappings():  # each float weight's pages are dropped once it is quantized
+        model = load_float(d, None)  # stored dtype: no fp32 copy of a bf16 checkpoint
+        quantize_model(model, quant)
     _cast_float_params(model, dtype or torch.float32)
     return model

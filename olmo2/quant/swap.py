@@ -98,16 +98,54 @@ def empty_module(old: nn.Module, tp: TensorPlan) -> nn.Module:
     return m
 
 
-def quantized_module(old: nn.Module, tp: TensorPlan) -> nn.Module:
-    """The quantized module holding `old`'s weight in format `tp`."""
+ROW_BLOCK_ELEMENTS = 1 << 22  # quantize this many weights at a time (a 16 MiB fp32 block)
+
+
+def _from_float_by_rows(cls, w: torch.Tensor, *args, release=None) -> nn.Module:
+    """`cls.from_float(w, *args)`, a block of rows at a time. Every format quantizes each
+    row on its own, so the result is identical; the fp32 temporaries of the quantizers
+    (upcasts, abs, rounding: several copies of their input) then stay a few blocks in size
+    instead of several copies of a 100k-row embedding or LM head (~0.8 GB each in the 1B).
+    `release(block)`, if given, is called on each block of `w` once it is quantized."""
+    rows = max(1, ROW_BLOCK_ELEMENTS // max(1, w.shape[1]))
+    parts = []
+    for r in range(0, w.shape[0], rows):
+        parts.append(cls.from_float(w[r:r + rows], *args))
+        if release is not None:
+            release(w[r:r + rows])
+    if len(parts) == 1:
+        return parts[0]
+    m = parts[0]
+    for name, buf in list(m.named_buffers(recurse=False)):
+        setattr(m, name, torch.cat([getattr(p, name) for p in parts], 0))
+    if hasattr(m, "out_features"):
+        m.out_features = w.shape[0]
+    else:
+        m.num_embeddings = w.shape[0]
+    return m
+
+
+def quantized_module(old: nn.Module, tp: TensorPlan, release=None) -> nn.Module:
+    """The quantized module holding `old`'s weight in format `tp` (`release`: see below)."""
     w = old.weight.detach()
     if isinstance(old, nn.Embedding):
         cls = {"int8": Int8Embedding, "bf16": BF16Embedding}[tp.fmt]
-        return cls.from_float(w)
-    m = Int4Linear.from_float(w, tp.group_size) if tp.fmt == "int4" else \
-        {"int8": Int8Linear, "bf16": BF16Linear}[tp.fmt].from_float(w)
+        return _from_float_by_rows(cls, w, release=release)
+    if tp.fmt == "int4":
+        m = _from_float_by_rows(Int4Linear, w, tp.group_size, release=release)
+    else:
+        m = _from_float_by_rows({"int8": Int8Linear, "bf16": BF16Linear}[tp.fmt], w, release=release)
     m.compute_dtype = w.dtype
     return m
+
+
+def quantized_module_releasing(old: nn.Module, tp: TensorPlan) -> nn.Module:
+    """`quantized_module` dropping the float weight's mapped file pages block by block as
+    they are quantized (olmo2/checkpoint.py release_pages): quantizing a memory-mapped fp32
+    checkpoint on the fly then peaks near the quantized size instead of holding every fp32
+    page it read (a no-op for weights that are not in a tracked mapping)."""
+    from olmo2.checkpoint import release_pages
+    return quantized_module(old, tp, release=release_pages)
 
 
 def swap_modules(model: nn.Module, plan: dict[str, TensorPlan], build) -> nn.Module:
@@ -134,7 +172,7 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
     """Quantize `model` (an `Olmo2`) in place; its float weights are released module by module."""
     cfg = QuantConfig(mode, group_size, lm_head, embedding).validated()
     plan = quant_plan(model, cfg)
-    swap_modules(model, plan, quantized_module)
+    swap_modules(model, plan, quantized_module_releasing)
     model.quant_plan = plan
     model.quant_config = cfg
     return prepare(model)
