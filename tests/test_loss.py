@@ -46,7 +46,10 @@ def test_chunked_equals_fused_in_value_and_gradients(dtype, tol, chunk, z_coeff)
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
 
 
-def test_chunked_gradcheck():
+@pytest.mark.parametrize("keep_probs", [True, False], ids=["probs-kept", "logits-recomputed"])
+def test_chunked_gradcheck(keep_probs, monkeypatch):
+    from olmo2.train import loss
+    monkeypatch.setattr(loss, "KEEP_PROBS_BYTES", loss.KEEP_PROBS_BYTES if keep_probs else 0)
     h, w, labels = _case(torch.float64, n_rows=3, T=5, D=4, V=7)
     torch.autograd.gradcheck(lambda h, w: chunked_lm_loss_sums(h, w, labels, 1e-4, 3), (h, w))
 

@@ -72,10 +72,20 @@ def lm_loss_sums(logits: torch.Tensor, labels: torch.Tensor, z_coeff: float) -> 
     return ce, (z if z_coeff else z.detach() * 0)
 
 
+KEEP_PROBS_BYTES = 256 << 20  # save the softmax for backward when all chunks' probs fit in this
+
+
 class _ChunkedLMLoss(torch.autograd.Function):
     """Σ CE and Σ lse² of the logits h @ w.T, computed `chunk` rows at a time (forward and
-    backward), never holding all N × V logits. h [N, D] and w [V, D] are already in the
-    matmul dtype; `acc` is the loss dtype (≥ fp32)."""
+    backward), never holding all N × V logits at once. h [N, D] and w [V, D] are already in
+    the matmul dtype; `acc` is the loss dtype (≥ fp32).
+
+    Each chunk's softmax p comes from one fused softmax (half the time of log_softmax on
+    CPU), and lse = x_k − log p_k at the row's argmax k (p_k ≥ 1/V, so the log is safe).
+    When all the probabilities fit in KEEP_PROBS_BYTES (small vocabularies, e.g. the tiny
+    demo: 2048 × 8192 fp32 = 64 MiB) they are kept for backward, which then needs neither
+    the logits matmul again nor another exp pass; otherwise (the 1B's 100k vocabulary)
+    backward recomputes each chunk's logits from h and w as before."""
 
     @staticmethod
     def forward(ctx, h, w, target, keep, chunk, acc):
@@ -84,34 +94,41 @@ class _ChunkedLMLoss(torch.autograd.Function):
         lse = torch.empty(h.shape[0], dtype=acc, device=h.device)
         ce = torch.zeros((), dtype=acc, device=h.device)
         z = torch.zeros((), dtype=acc, device=h.device)
+        keep_probs = h.shape[0] * w.shape[0] * torch.finfo(acc).bits // 8 <= KEEP_PROBS_BYTES
+        probs = []
         for s in range(0, h.shape[0], chunk):
             e = s + chunk
             logits = (h[s:e] @ w.T).to(acc)
-            logp = torch.log_softmax(logits, dim=-1)
-            # the same expressions as _LMLoss, so the two differ only in summation order
-            lse[s:e] = logits[:, 0] - logp[:, 0]
-            del logits
-            lse_c = lse[s:e]
-            ce -= (logp.gather(1, tgt[s:e]).squeeze(1) * keepf[s:e]).sum()
+            p = torch.softmax(logits, dim=-1)
+            top, k = logits.max(dim=-1, keepdim=True)
+            lse_c = (top - p.gather(1, k).log()).squeeze(1)
+            lse[s:e] = lse_c
+            # CE = lse − x_target
+            ce += ((lse_c - logits.gather(1, tgt[s:e]).squeeze(1)) * keepf[s:e]).sum()
             z += (lse_c * lse_c * keepf[s:e]).sum()
+            del logits
+            if keep_probs:
+                probs.append(p)
         ctx.save_for_backward(h, w, tgt, keepf, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.probs = chunk, probs
         return ce, z
 
     @staticmethod
     def backward(ctx, g_ce, g_z):
         h, w, tgt, keepf, lse = ctx.saved_tensors
-        chunk = ctx.chunk
+        chunk, probs = ctx.chunk, ctx.probs
         gh = torch.empty_like(h)
         # fp32 (or fp64) accumulator for the head's gradient: with bf16 matmuls, summing
         # the per-chunk products in bf16 would round once per chunk
         gw = torch.zeros(w.shape, dtype=lse.dtype, device=w.device)
-        for s in range(0, h.shape[0], chunk):
+        for i, s in enumerate(range(0, h.shape[0], chunk)):
             e = s + chunk
-            # softmax = exp(logits − lse) from the recomputed logits and the saved lse
-            grad = (h[s:e] @ w.T).to(lse.dtype)
-            grad.sub_(lse[s:e, None]).exp_()
-            grad.mul_((keepf[s:e] * (g_ce + 2 * g_z * lse[s:e]))[:, None])
+            coef = (keepf[s:e] * (g_ce + 2 * g_z * lse[s:e]))[:, None]
+            if probs:  # out of place: the saved probs stay intact (backward may run twice)
+                grad = probs[i] * coef
+            else:  # softmax = exp(logits − lse) from the recomputed logits and the saved lse
+                grad = (h[s:e] @ w.T).to(lse.dtype)
+                grad.sub_(lse[s:e, None]).exp_().mul_(coef)
             grad.scatter_add_(1, tgt[s:e], (-keepf[s:e] * g_ce)[:, None])
             grad = grad.to(h.dtype)
             torch.mm(grad, w, out=gh[s:e])
