@@ -143,3 +143,44 @@ def test_clipped_objective_hand_values():
     k = math.exp(-0.2 - 0.3) - 1 - (-0.2 - 0.3)
     assert total2.item() == pytest.approx(-1.2 + 0.01 * k, abs=1e-12)
     assert parts2["kl"].item() == pytest.approx(k, abs=1e-12)
+
+
+def test_clipped_tokens_give_the_model_no_gradient():
+    # GRPOObjective on a real tiny model: tokens whose ratio is past the clip on the side the
+    # advantage pushes (A > 0, ρ > 1 + ε; A < 0, ρ < 1 − ε) must contribute exactly nothing:
+    # the model's gradient equals the gradient of the unclipped tokens' −A·ρ alone.
+    from olmo2.post.rlvr import GRPOObjective
+    from olmo2.train.config import TrainConfig
+    torch.manual_seed(0)
+    cfg = preset("tiny").replace(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=64,
+                                 max_seq_len=32)
+    model = Olmo2(cfg)
+    model.reset_parameters(generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 64, (2, 8))
+    labels = _labels(ids, keep_from=3)              # 5 response tokens per row, targets at columns 2..6
+    with torch.no_grad():
+        now, mask = model_token_logps(model, ids, labels, None)
+    # per token: old = now − shift, so ρ = e^shift; row 0 has A = +1, row 1 has A = −1
+    shift = torch.zeros(2, 8, dtype=now.dtype)
+    shift[0, 2:7] = torch.tensor([0.5, 0.1, -0.5, 0.0, 0.3])   # clipped: ρ=1.65 and 1.35 (A > 0, ratio too high)
+    shift[1, 2:7] = torch.tensor([-0.5, 0.1, 0.5, -0.3, 0.0])  # clipped: ρ=0.61 and 0.74 (A < 0, ratio too low)
+    clipped = torch.zeros(2, 8, dtype=torch.bool)
+    clipped[0, [2, 6]] = True
+    clipped[1, [2, 5]] = True
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    mb = {"input_ids": ids, "labels": labels, "old_logps": now - shift, "ref_logps": now.clone(),
+          "advantages": adv, "reward": torch.zeros(2), "response_len": torch.full((2,), 5.0)}
+    obj = GRPOObjective(clip=0.2, beta=0.0)
+    loss, metrics = obj.micro_batch(model, mb, TrainConfig(loss_chunk_tokens=None), None)
+    assert metrics["clip_frac"].item() == 4 and mask.sum().item() == 10
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    # the same with only the unclipped tokens, as −A·ρ written out by hand
+    logp, _ = model_token_logps(model, ids, labels, None)
+    keep = mask & ~clipped
+    want_loss = (-adv[:, None] * torch.exp(logp - (now - shift)) * keep).sum()
+    want = torch.autograd.grad(want_loss, list(model.parameters()))
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+    # and the clipped tokens alone have an identically zero gradient
+    (g_tok,) = torch.autograd.grad(grpo_token_loss(logp, now - shift, now, adv, mask & clipped, 0.2, 0.0)[0], logp)
+    assert torch.count_nonzero(g_tok) == 0

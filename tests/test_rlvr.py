@@ -87,3 +87,74 @@ def test_bad_prompt_lines_are_file_line_errors(tmp_path):
     else:
         raise AssertionError("no error")
     assert msg.startswith(f"{data}:2:") and "2 more bad lines" in msg, msg
+
+
+def _rollout_data(tmp_path: Path, **cfg):
+    """A RolloutData over PROMPTS on a tiny random policy (frozen copy as reference)."""
+    import copy
+
+    from olmo2.checkpoint import load_model
+    from olmo2.post.rlvr import RLVRConfig, RolloutData, encode_prompts, read_prompts
+    from olmo2.tokenizer import Tokenizer
+    base = tiny_base(tmp_path / "base")
+    tok = Tokenizer.from_pretrained(base)
+    c = RLVRConfig(**{"group_size": 2, "max_new_tokens": 4, "max_prompt_tokens": 64, **cfg})
+    ids, prompts, _ = encode_prompts(tok, read_prompts([str(write_jsonl(tmp_path / "p.jsonl", PROMPTS))]), c)
+    policy = load_model(base)
+    data = RolloutData(tok, ids, prompts, c, global_batch_size=4, seed=1, ref_model=copy.deepcopy(policy),
+                       chunk_tokens=None)
+    data.bind(policy)
+    return data
+
+
+def test_ppo_epochs_reuse_one_rollout_in_shuffled_minibatches(tmp_path):
+    # 2 epochs × 2 minibatches of 4 completions: one rollout of 4 prompts × 2 feeds 4 steps
+    data = _rollout_data(tmp_path, num_epochs=2, num_mini_batches=2)
+    calls = []
+    real = data.rollout
+    data.rollout = lambda r: calls.append(r) or real(r)
+    it = iter(data)
+    batches = [next(it) for _ in range(5)]
+    assert calls == [0, 1]                                     # sampled once per 4 optimizer steps
+    full = real(0)                                             # the same seeded rollout, recomputed
+    for e in range(2):                                         # each epoch covers the rollout once
+        rows = torch.cat([data.minibatch_rows(0, 2 * e + j) for j in range(2)])
+        assert sorted(rows.tolist()) == list(range(8))
+    assert not torch.equal(data.minibatch_rows(0, 0), data.minibatch_rows(0, 2))  # reshuffled per epoch
+    for k, b in enumerate(batches[:4]):
+        rows = data.minibatch_rows(0, k)
+        T = b["input_ids"].shape[1]
+        for key in ("input_ids", "labels", "old_logps", "ref_logps"):
+            assert torch.equal(b[key], full[key][rows][:, :T]), (k, key)
+            assert (full[key][rows][:, T:] == full[key][rows][:, T:].flatten()[0]).all() if T < full[key].shape[1] else True
+        assert (full["labels"][rows][:, T:] == -100).all()     # only padding was trimmed
+        for key in ("advantages", "reward", "response_len"):
+            assert torch.equal(b[key], full[key][rows]), (k, key)
+    assert data.state_dict() == {"step": 5}
+
+
+def test_save_every_inside_a_rollout_is_refused(tmp_path):
+    from olmo2.errors import ConfigError
+    from olmo2.post.rlvr import run_rlvr
+    base = tiny_base(tmp_path / "base")
+    data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    with pytest.raises(ConfigError, match="save_every 3 must be a multiple .* = 2"):
+        run_rlvr(str(base), [str(data)], tmp_path / "run", overrides=["rlvr.num_epochs=2", "train.save_every=3"])
+
+
+def test_clip_acts_from_the_second_update_on_a_rollout(tmp_path):
+    # one rollout, 4 PPO epochs at a high LR: step 1 has ρ = 1 (no clipping, KL 0); later
+    # steps see the moved policy, so some tokens' ratios leave [0.8, 1.2] and are clipped
+    from olmo2.post.rlvr import run_rlvr
+    base = tiny_base(tmp_path / "base")
+    data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
+    overrides = [FAST[i + 1] for i in range(0, len(FAST), 2)] + [
+        "rlvr.num_epochs=4", "train.max_steps=4", "train.save_every=None", "train.eval_every=None",
+        "rlvr.group_size=16", "train.global_batch_size=64"]
+    res = run_rlvr(str(base), [str(data)], tmp_path / "run", overrides=overrides, export=False)
+    steps = [json.loads(x) for x in res.metrics_path.read_text().splitlines() if '"clip_frac"' in x]
+    assert len(steps) == 4
+    assert steps[0]["clip_frac"] == 0.0 and steps[0]["kl"] < 1e-9
+    assert steps[0]["reward"] > 0          # some completion said 7, so the advantages are not all 0
+    assert all(s["reward"] == steps[0]["reward"] for s in steps)   # the same completions all along
+    assert max(s["clip_frac"] for s in steps[1:]) > 0.0, [s["clip_frac"] for s in steps]

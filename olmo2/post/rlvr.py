@@ -9,18 +9,32 @@ Data: JSONL, one prompt per line: {"messages": [turns up to the user's question]
 {"prompt": "text", ...} for one user turn; `dataset` picks the verifier
 (olmo2/post/verifiers.py: gsm8k/arithmetic, ifeval; default gsm8k). Bad lines → `file:line: what`.
 
-One optimizer step (the loop's, olmo2/train/loop.py, with `GRPOObjective`):
-1. `RolloutData` takes the next global_batch_size / group_size prompts (a PCG64(seed + epoch)
-   order, cycling), renders each with the chat template and its generation prompt, and samples
-   group_size completions per prompt from the CURRENT policy (`olmo2.infer.generate`: one
-   batched KV-cache generation, temperature `rlvr.temperature`, stop at EOS, at most
-   `rlvr.max_new_tokens`; seeded by (train.seed, step, rank), so a resumed run samples the same).
+One rollout, then `rlvr.num_epochs × rlvr.num_mini_batches` optimizer steps of the loop
+(olmo2/train/loop.py, with `GRPOObjective`) on it:
+1. `RolloutData` takes the next num_mini_batches × global_batch_size / group_size prompts (a
+   PCG64(seed + epoch) order, cycling), renders each with the chat template and its generation
+   prompt, and samples group_size completions per prompt from the CURRENT policy
+   (`olmo2.infer.generate`: one batched KV-cache generation, temperature `rlvr.temperature`,
+   stop at EOS, at most `rlvr.max_new_tokens`; seeded by (train.seed, rollout, rank), so a
+   resumed run samples the same).
 2. Each completion's text is scored by its verifier (10 / 0); advantages per group.
-3. The policy's log-probs of the sampled tokens (π_old: the sampling policy, one update per
-   rollout as in the 1B runs) and the frozen reference's are computed without autograd.
-4. The objective: token-masked mean of PPO-clip(0.2) policy loss + β·k3 KL (olmo2/post/grpo.py).
+3. The policy's log-probs of the sampled tokens at temperature 1 (π_old: the policy that
+   sampled, before any update on this rollout) and the frozen reference's are computed once,
+   without autograd.
+4. PPO epochs (open-instruct's `num_epochs`/`num_mini_batches`): each epoch shuffles the
+   rollout's completions (seeded) and cuts them into num_mini_batches minibatches of
+   global_batch_size rows, one optimizer step each. The first step on a rollout sees ρ = 1;
+   later ones see the policy already moved, so the ratio leaves 1 and the clip acts. With
+   1 × 1 (the 1B recipe: one update per rollout) every step samples afresh and clip_frac is 0.
+5. The objective: token-masked mean of PPO-clip(0.2) policy loss + β·k3 KL (olmo2/post/grpo.py).
 Logged per step: reward (mean), kl, clip_frac, response_len, pg_loss; with --eval-data, the
 held-out accuracy (greedy, share of prompts the verifier accepts) every train.eval_every steps.
+
+Resume: the loop's step counts optimizer steps; a checkpoint is exact only at a rollout
+boundary (the rollout itself is not saved), so run_rlvr requires train.save_every to be a
+multiple of num_epochs × num_mini_batches. Resuming from a mid-rollout checkpoint anyway
+(e.g. a final save at a max_steps that is not such a multiple, then a higher max_steps)
+samples that rollout again from the restored policy: a valid run, not the uninterrupted one.
 
 The reference model is a frozen copy (requires_grad=False, eval) of --model, made before the
 loop restores a checkpoint, so after a resume it is still the starting model.
@@ -71,10 +85,18 @@ class RLVRConfig:
     """Start every prompt with <|endoftext|> (as the SFT/DPO stages trained)."""
     eval_max_new_tokens: int | None = None
     """Greedy completion length for the held-out accuracy (None: max_new_tokens)."""
+    num_epochs: int = 1
+    """PPO epochs: passes over each rollout (1: one update per rollout, as the 1B ran)."""
+    num_mini_batches: int = 1
+    """Optimizer steps per epoch; a rollout samples num_mini_batches × train.global_batch_size completions."""
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.num_epochs * self.num_mini_batches
 
     def __post_init__(self):
         p = []
-        for name in ("group_size", "max_new_tokens", "max_prompt_tokens"):
+        for name in ("group_size", "max_new_tokens", "max_prompt_tokens", "num_epochs", "num_mini_batches"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 p.append(f"{name} must be an integer >= 1 (got {v!r})")
@@ -230,7 +252,8 @@ class GRPOObjective(Objective):
 
 
 class RolloutData:
-    """The loop's data protocol for GRPO: each batch is a fresh rollout of the bound policy."""
+    """The loop's data protocol for GRPO: each rollout of the bound policy feeds
+    num_epochs × num_mini_batches batches (module docstring, steps 1-4)."""
 
     def __init__(self, tok, prompt_ids, prompts, cfg: RLVRConfig, global_batch_size: int, seed: int,
                  ref_model, chunk_tokens: int | None, rank: int = 0, world: int = 1):
@@ -239,20 +262,22 @@ class RolloutData:
             raise ConfigError(f"train.global_batch_size {global_batch_size} must split into whole groups of "
                               f"rlvr.group_size {cfg.group_size} on each of {world} processes")
         self.tok, self.ids, self.prompts, self.cfg = tok, prompt_ids, prompts, cfg
-        self.per_rank = rows // cfg.group_size            # prompts per rank per step
-        self.per_step = self.per_rank * world
+        self.rows = rows                                  # completions per rank per optimizer step
+        self.per_rank = rows // cfg.group_size * cfg.num_mini_batches   # prompts per rank per rollout
+        self.per_step = self.per_rank * world             # prompts per rollout, all ranks
         self.seed, self.ref, self.chunk, self.rank, self.world = seed, ref_model, chunk_tokens, rank, world
         self.eos, self.pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else tok.eos_id
-        self.step = 0
+        self.step = 0                                     # batches handed out (= optimizer steps)
         self.policy = None
+        self._cache: tuple[int, dict] | None = None       # (rollout index, its full batch)
 
     def bind(self, model) -> None:
         """Called by the loop once the policy is built and restored."""
         self.policy = model
 
-    def _prompt_indices(self, step: int) -> list[int]:
+    def _prompt_indices(self, rollout: int) -> list[int]:
         n = len(self.ids)
-        start = step * self.per_step
+        start = rollout * self.per_step
         out = []
         for k in range(start, start + self.per_step):
             epoch, pos = divmod(k, n)
@@ -260,16 +285,16 @@ class RolloutData:
             out.append(int(order[pos]))
         return out[self.rank::self.world]
 
-    def rollout(self, step: int) -> dict:
-        """Sample, score and prepare the batch of step `step` (module docstring)."""
+    def rollout(self, rollout: int) -> dict:
+        """Sample, score and prepare the whole batch of rollout `rollout` (module docstring)."""
         from olmo2.train import parallel
         if self.policy is None:
             raise RuntimeError("RolloutData.bind(model) was not called")
         G = self.cfg.group_size
-        idx = self._prompt_indices(step)
+        idx = self._prompt_indices(rollout)
         pids = [self.ids[i] for i in idx for _ in range(G)]
         comps = sample(parallel.unwrap(self.policy), pids, self.cfg, self.eos, self.pad,
-                       seed=(self.seed * 1_000_003 + step) * 64 + self.rank)
+                       seed=(self.seed * 1_000_003 + rollout) * 64 + self.rank)
         rewards = torch.tensor([reward(self.prompts[i].dataset, completion_text(self.tok, c, self.eos),
                                        self.prompts[i].ground_truth)
                                 for i, c in zip([i for i in idx for _ in range(G)], comps)], dtype=torch.float64)
@@ -281,17 +306,40 @@ class RolloutData:
                 "advantages": group_advantages(rewards, G, unbiased=self.cfg.unbiased_std),
                 "reward": rewards, "response_len": torch.tensor([float(len(c)) for c in comps])}
 
+    def minibatch_rows(self, rollout: int, k: int) -> torch.Tensor:
+        """Row indices of the k-th optimizer step on rollout `rollout`: epoch k // M shuffles
+        the rollout's rows (seeded by seed, rollout, epoch, rank) and takes slice k % M."""
+        M, n = self.cfg.num_mini_batches, self.rows * self.cfg.num_mini_batches
+        epoch, j = divmod(k, M)
+        if M == 1 and self.cfg.num_epochs == 1:
+            return torch.arange(n)                        # one update per rollout: rows in order
+        g = np.random.Generator(np.random.PCG64([self.seed, rollout, epoch, self.rank]))
+        perm = torch.from_numpy(g.permutation(n))
+        return perm[j * self.rows:(j + 1) * self.rows]
+
     def __iter__(self):
+        U = self.cfg.updates_per_rollout
         while True:
-            b = self.rollout(self.step)
+            r, k = divmod(self.step, U)
+            if self._cache is None or self._cache[0] != r:
+                self._cache = (r, self.rollout(r))
+            full = self._cache[1]
+            rows = self.minibatch_rows(r, k)
             self.step += 1
-            yield b
+            if k == U - 1:
+                self._cache = None                        # the next step samples a new rollout
+            b = {key: v[rows] for key, v in full.items()}
+            # the rollout is padded to its longest row; a minibatch only to its own
+            used = (b["labels"] != IGNORE_INDEX).any(0).nonzero()
+            width = int(used.max()) + 1 if used.numel() else b["labels"].shape[1]
+            yield {key: v[:, :width] if v.dim() == 2 else v for key, v in b.items()}
 
     def state_dict(self) -> dict:
         return {"step": self.step}
 
     def load_state_dict(self, sd: dict) -> None:
         self.step = int(sd["step"])
+        self._cache = None
 
 
 def heldout_accuracy(model, tok, prompt_ids, prompts, cfg: RLVRConfig, batch: int = 16) -> dict:
@@ -336,6 +384,10 @@ def run_rlvr(model_dir: str, sources: list[str], out: str | os.PathLike, recipe=
     model = load_model(model_dir, dtype=torch.float32)
     mcfg = model.config
     tok.check_fits(mcfg.vocab_size, f"{model_dir} (vocab_size)")
+    U = cfg.updates_per_rollout
+    if U > 1 and r.train.save_every and r.train.save_every % U:
+        raise ConfigError(f"train.save_every {r.train.save_every} must be a multiple of rlvr.num_epochs × "
+                          f"rlvr.num_mini_batches = {U} (a checkpoint inside a rollout cannot resume exactly)")
     row_tokens = cfg.max_prompt_tokens + cfg.max_new_tokens
     if row_tokens > mcfg.max_seq_len:
         raise ConfigError(f"rlvr.max_prompt_tokens + rlvr.max_new_tokens = {row_tokens} exceeds the model's "
@@ -351,7 +403,9 @@ def run_rlvr(model_dir: str, sources: list[str], out: str | os.PathLike, recipe=
         data = RolloutData(tok, prompt_ids, prompts, cfg, r.train.global_batch_size, r.train.seed, ref,
                            r.train.loss_chunk_tokens, rank=parallel.rank(), world=parallel.world_size())
         parallel.print0(f"rlvr data: {len(prompts)} prompts ({long} longer than {cfg.max_prompt_tokens} tokens "
-                        f"dropped); {data.per_step} prompts × {cfg.group_size} completions per step")
+                        f"dropped); {data.per_step} prompts × {cfg.group_size} completions per rollout, "
+                        f"{cfg.num_epochs} epoch(s) × {cfg.num_mini_batches} minibatch(es) of "
+                        f"{r.train.global_batch_size} completions = {U} optimizer step(s) per rollout")
         train_cfg = r.train.replace(seq_len=row_tokens)
         if parallel.rank() == 0:
             out.mkdir(parents=True, exist_ok=True)
