@@ -108,7 +108,6 @@ DATA_FILE = {"sft": "sft.jsonl", "dpo": "dpo.jsonl", "rlvr": "rlvr.jsonl"}
 def evaluate_model(model_dir: Path, spec: ChainSpec, data_dir: Path) -> dict:
     """Every chain measure of one model (per-item lists kept for the paired intervals)."""
     from olmo2.checkpoint import load_model
-    from olmo2.eval.native import NativeBackend
     from olmo2.post.chat_eval import chat_arithmetic, preference_logps, sampled_reward
     from olmo2.post.demo_data import read_jsonl
     from olmo2.tokenizer import Tokenizer
@@ -118,7 +117,7 @@ def evaluate_model(model_dir: Path, spec: ChainSpec, data_dir: Path) -> dict:
     problems = read_jsonl(data_dir / "heldout_arith.jsonl")[:spec.heldout]
     arith = chat_arithmetic(model, tok, problems, spec.max_new_tokens)
     pairs = read_jsonl(data_dir / "heldout_dpo.jsonl")[:spec.pref_pairs]
-    lp = preference_logps(NativeBackend(model, tok, batch_size=32, model_path=str(model_dir)), pairs)
+    lp = preference_logps(model, tok, pairs)
     rw = sampled_reward(model, tok, problems[:spec.reward_prompts], spec.reward_samples, seed=0,
                         max_new_tokens=spec.max_new_tokens)
     log(f"eval {model_dir}: chat arithmetic {arith.accuracy:.1%}, adherence {arith.adherence:.1%}, "
