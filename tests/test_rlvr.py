@@ -41,7 +41,8 @@ def test_reward_rises_on_a_learnable_task(tmp_path):
     base = tiny_base(tmp_path / "base")
     data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
     overrides = [FAST[i + 1] for i in range(0, len(FAST), 2)] + ["train.max_steps=40", "train.eval_every=40",
-                                                                  "train.save_every=None"]
+                                                                  "train.save_every=None", "rlvr.num_epochs=1",
+                                                                  "rlvr.num_mini_batches=1"]
     res = run_rlvr(str(base), [str(data)], tmp_path / "run", recipe="tiny_rlvr", overrides=overrides,
                    eval_sources=[str(data)])
     rec = [json.loads(x) for x in res.metrics_path.read_text().splitlines()]
@@ -59,9 +60,12 @@ def test_reward_rises_on_a_learnable_task(tmp_path):
 
 
 def test_rlvr_resumes_after_sigkill_like_an_uninterrupted_run(tmp_path):
+    # two PPO epochs per rollout: checkpoints land on rollout boundaries (save_every 2), so the
+    # resumed run samples rollout 1 from the same policy the uninterrupted one did
     base = tiny_base(tmp_path / "base")
     data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
-    extra = [*FAST, "--set", "train.max_steps=4", "--set", "train.save_every=1", "--set", "train.eval_every=None"]
+    extra = [*FAST, "--set", "train.max_steps=4", "--set", "train.save_every=2", "--set", "train.eval_every=None",
+             "--set", "rlvr.num_epochs=2", "--set", "rlvr.num_mini_batches=1"]
     full = _rlvr(tmp_path, base, data, tmp_path / "full", *extra)
     assert full.returncode == 0, full.stderr
     killed = _rlvr(tmp_path, base, data, tmp_path / "resumed", *extra,
