@@ -143,7 +143,8 @@ def test_save_every_inside_a_rollout_is_refused(tmp_path):
     base = tiny_base(tmp_path / "base")
     data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
     with pytest.raises(ConfigError, match="save_every 3 must be a multiple .* = 2"):
-        run_rlvr(str(base), [str(data)], tmp_path / "run", overrides=["rlvr.num_epochs=2", "train.save_every=3"])
+        run_rlvr(str(base), [str(data)], tmp_path / "run", overrides=["rlvr.num_epochs=2", "rlvr.num_mini_batches=1",
+                                                                  "train.save_every=3"])
 
 
 def test_clip_acts_from_the_second_update_on_a_rollout(tmp_path):
@@ -153,7 +154,7 @@ def test_clip_acts_from_the_second_update_on_a_rollout(tmp_path):
     base = tiny_base(tmp_path / "base")
     data = write_jsonl(tmp_path / "p.jsonl", PROMPTS)
     overrides = [FAST[i + 1] for i in range(0, len(FAST), 2)] + [
-        "rlvr.num_epochs=4", "train.max_steps=4", "train.save_every=None", "train.eval_every=None",
+        "rlvr.num_epochs=4", "rlvr.num_mini_batches=1", "train.max_steps=4", "train.save_every=None", "train.eval_every=None",
         "rlvr.group_size=16", "train.global_batch_size=64"]
     res = run_rlvr(str(base), [str(data)], tmp_path / "run", overrides=overrides, export=False)
     steps = [json.loads(x) for x in res.metrics_path.read_text().splitlines() if '"clip_frac"' in x]
