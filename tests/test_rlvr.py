@@ -130,7 +130,6 @@ def test_ppo_epochs_reuse_one_rollout_in_shuffled_minibatches(tmp_path):
         T = b["input_ids"].shape[1]
         for key in ("input_ids", "labels", "old_logps", "ref_logps"):
             assert torch.equal(b[key], full[key][rows][:, :T]), (k, key)
-            assert (full[key][rows][:, T:] == full[key][rows][:, T:].flatten()[0]).all() if T < full[key].shape[1] else True
         assert (full["labels"][rows][:, T:] == -100).all()     # only padding was trimmed
         for key in ("advantages", "reward", "response_len"):
             assert torch.equal(b[key], full[key][rows]), (k, key)
