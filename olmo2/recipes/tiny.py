@@ -179,6 +179,8 @@ def tiny_rlvr():
         LR 3e-5, 2 epochs × 4 minibatches of 32, 15 rollouts (this recipe): 1.02 / 15.4%
         LR 1e-4, 2 × 2 of 64, 10 rollouts: 1.00 / 13.7%;  LR 1e-4, G 16, 2 × 1 of 128: 0.82 / 11.7%
         LR 3e-4, G 16: training reward fell from 0.6-1.4 to 0.2-0.7 (stopped)
+        this recipe with rollouts at temperature 0.7 / 0.5 (log-probs at T = 1): 1.03 / 0.85
+        LR 1e-4, G 16, only the eval's "What is ...?" phrasing (133 prompts): 0.98 / 12.0%
       the clip acts from the second update on a rollout (clip fraction up to 0.04).
     No setting raised the held-out reward beyond noise (±0.2): on 8 fixed prompts the same
     loop nearly triples their reward in 6 rollouts (0.55 → 1.56), so GRPO learns, but what it learns does not carry
