@@ -130,7 +130,7 @@ def worker_olmo2(args) -> dict:
     V = model.config.vocab_size
     ids = torch.tensor([[i % V for i in _prompt(args.prompt_len)]])
     greedy = SamplingParams(temperature=0)
-    dec = Decoder(model, 1, args.prompt_len + args.new_tokens, compile=args.compile)
+    dec = Decoder(model, 1, args.prompt_len + args.new_tokens, compile=bool(args.compile))
     t = time.perf_counter()
     for _ in iter_tokens(model, ids[:, :8], 3, greedy, decoder=dec):  # warm-up (and the compile)
         pass
@@ -316,7 +316,7 @@ def one_round(args, model_dir: Path, llama_why: str) -> tuple[list[dict], float]
     rows = []
     plan = [("olmo2", p, False) for p in OLMO2_PRECISIONS]
     if args.compile:
-        plan += [("olmo2", p, True) for p in OLMO2_PRECISIONS]
+        plan += [("olmo2", p, True) for p in OLMO2_PRECISIONS if p in args.compile.split(",")]
     plan += [("hf", p, False) for p in HF_PRECISIONS] + [("llama", p, False) for p in OLMO2_PRECISIONS]
     for system, prec, comp in plan:
         if args.only and system != args.only:
@@ -374,7 +374,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="repeat the whole table this many times")
-    ap.add_argument("--compile", action="store_true", help="add olmo2 rows with the torch.compile'd step")
+    ap.add_argument("--compile", nargs="?", const=",".join(OLMO2_PRECISIONS), default="",
+                    help="add olmo2 rows with the torch.compile'd step (all precisions, or e.g. --compile int8)")
     ap.add_argument("--only", choices=("olmo2", "hf", "llama"), default=None, help="run one system only")
     ap.add_argument("--llama-extra-bufts", choices=("on", "off"), default="off",
                     help="llama.cpp's AMX/repacked buffer types (off: they crash Q8_0/Q4_0 on AMX hosts)")

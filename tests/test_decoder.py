@@ -142,11 +142,17 @@ def test_prefix_reuse_equals_fresh_prefill():
 
 @pytest.mark.slow
 def test_compiled_step_gives_eager_tokens():
+    import torch._dynamo.utils as dynamo_utils
     m = tiny()
     x = ids(6)
     eager = generate(m, x, 24, temperature=0, eos_token_id=[])
+    dynamo_utils.counters.clear()
     compiled = generate(m, x, 24, temperature=0, eos_token_id=[], compile=True)
     assert torch.equal(eager, compiled)
+    # One graph for all 24 steps: a step that recompiled per position (it once guarded on
+    # the cache's host length) falls back to eager after Dynamo's recompile limit.
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
+    assert dynamo_utils.counters["frames"]["total"] == 1
     # A second model of the same shapes: the frozen (constant-folded) weights of the first
     # compile must not be served to it (docs/cpu-kernels.md, pitfall 4).
     m2 = tiny(seed=5)

@@ -150,8 +150,14 @@ class ScriptedModel(nn.Module):
 
     def forward(self, input_ids, positions=None, cache=None, attn_mask=None, last_only=False):
         B, T = input_ids.shape
-        cache.length += T
-        i = cache.length - self.prompt_len  # index of the token to emit next
+        if T == 1 and positions is not None:
+            # a Decoder step: its cache view's host length is not the position (decoder.py
+            # _SlotView); the device-held position is
+            n = int(positions.reshape(-1)[0]) + 1
+        else:
+            cache.length += T
+            n = cache.length
+        i = n - self.prompt_len  # index of the token to emit next
         logits = torch.zeros(B, 1, self.config.vocab_size)
         logits[:, :, self.script[i] if i < len(self.script) else self.config.eos_token_id] = 10.0
         return logits

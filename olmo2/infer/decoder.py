@@ -57,6 +57,22 @@ def _step(model, tok: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, key_i
     return model(tok[:, None], positions=pos, cache=cache, attn_mask=mask[:, None, None, :])[:, -1]
 
 
+class _SlotView:
+    """The cache as the one-token step sees it: writes go to the real cache's slot
+    (`KVCache` slot mode ignores the host position), and `length` reads 0 every step.
+    The model reads `cache.length` and sets it to `length + 1`; on the real cache that
+    host int changes every step, and torch.compile guards on it, so a compiled step
+    recompiled at every position until Dynamo's recompile limit sent it back to eager.
+    The Decoder advances the real length itself."""
+
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+        self.length = 0
+
+    def update(self, layer_idx: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        return self.cache.update(layer_idx, start, k, v)
+
+
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -191,9 +207,10 @@ class Decoder:
         if self.cache.length >= self.capacity:
             raise ValueError(f"Decoder: cache full ({self.capacity} positions)")
         self.cache.slot = self._slot
-        logits = self._fn(self.model, tok, self._pos, self._slot, self._key_index, self._key_valid, self.cache)
+        view = _SlotView(self.cache)
+        logits = self._fn(self.model, tok, self._pos, self._slot, self._key_index, self._key_valid, view)
         self.cache.slot = None
-        # The model advanced cache.length on the host; the device positions follow in place.
+        self.cache.length += 1  # the host count; the device positions follow in place
         self._slot.add_(1)
         self._pos.add_(1)
         if self.B == 1:

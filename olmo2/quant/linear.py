@@ -34,6 +34,14 @@ from olmo2.quant.kernels import choose, cpu_kind, phase_of
 _PACK_LOCK = threading.Lock()  # serve decodes on a worker thread; pack once
 
 
+@torch.compiler.assume_constant_result
+def _kernel_for(fmt: str, phase: str) -> str:
+    """`choose`, seen by torch.compile as a constant: its cached CPU probe and environment
+    read would otherwise break the compiled decode step into a graph per linear (and
+    recompile them as strides change), which made compiled quantized steps slower than eager."""
+    return choose(fmt, phase)
+
+
 class _Quantized(nn.Module):
     """Shared plumbing: kernel dispatch and the per-kernel packed-weight cache."""
     fmt = ""
@@ -91,7 +99,7 @@ class _QuantLinear(_Quantized):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        kernel = choose(self.fmt, phase_of(x2.shape[0]))
+        kernel = _kernel_for(self.fmt, phase_of(x2.shape[0]))
         if not self.runs(kernel):
             kernel = "reference"
         y = getattr(self, f"_mm_{kernel}")(x2)
