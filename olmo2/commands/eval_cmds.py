@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--model", help="checkpoint directory or hub id")
     p.add_argument("--tasks", help="comma-separated: gsm8k, truthfulqa, mmlu, arc_challenge, ... (see README for the full list)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task only (mmlu: of each of its 57 subjects)")
-    p.add_argument("--backend", default="native", help="native (olmo2's model) or hf (any transformers causal LM)")
+    p.add_argument("--backend", default="native",
+                   help="native (olmo2's model), hf (any transformers causal LM) or vllm (GPU; needs vLLM, untested here)")
     p.add_argument("--chat", action="store_true", help="chat-format variants (gsm8k::tulu, truthfulqa::tulu)")
     p.add_argument("--data-dir", default=os.environ.get("OLMO2_EVAL_DATA"),
                    help="dir with gsm8k/test.jsonl and truthfulqa/mc_task.json ($OLMO2_EVAL_DATA); "
@@ -69,8 +70,8 @@ def run_eval_cmd(args) -> int:
     from olmo2.eval.task_types import EvalOptions
     if not args.model or not args.tasks or not args.out:
         raise Olmo2Error("olmo2 eval needs --model, --tasks and --out (or `olmo2 eval report|diff ...`)")
-    if args.backend not in ("native", "hf"):
-        raise Olmo2Error(f"--backend {args.backend!r}: choose native or hf (vllm is not implemented here)")
+    if args.backend not in ("native", "hf", "vllm"):
+        raise Olmo2Error(f"--backend {args.backend!r}: choose native, hf or vllm")
     if args.limit is not None and args.limit < 1:
         raise Olmo2Error(f"--limit must be >= 1 (got {args.limit})")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:

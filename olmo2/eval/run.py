@@ -97,6 +97,23 @@ TASKS["mmlu"] = TaskSpec("mmlu", _mmlu_load, _mmlu_run,
                          "MMLU, 57 subjects, 5-shot from dev, OLMES RC and MC, macro average, best of the two")
 
 
+def _bpb_spec(name: str) -> TaskSpec:
+    def load(opts):
+        from olmo2.eval.bpb_tasks import load_bpb_task
+        return load_bpb_task(name)
+
+    def run(backend, opts, data):
+        from olmo2.eval.bpb_tasks import run_bpb_task
+        return run_bpb_task(backend, opts, name, data)
+    return TaskSpec(name, load, run, f"{name}: bits per byte of the gold continuation (OLMo's in-loop bpb)")
+
+
+# Names match olmo2.eval.bpb_tasks.BPB_TASKS (not imported here: parsing --tasks stays cheap).
+for _t in ("gsm8k_bpb", "minerva_math_bpb", "humaneval_bpb", "mbpp_bpb", "lambada_bpb", "squad_bpb",
+           "naturalqs_bpb", "drop_bpb", "jeopardy_bpb", "coqa_bpb"):
+    TASKS[_t] = _bpb_spec(_t)
+
+
 def parse_tasks(text: str) -> list[str]:
     """Comma-separated task names → list; Olmo2Error naming the unknown ones."""
     names = [t.strip() for t in text.split(",") if t.strip()]

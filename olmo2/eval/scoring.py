@@ -31,7 +31,7 @@ from pathlib import Path
 
 from olmo2.errors import GenerationError, Olmo2Error
 
-BACKENDS = ("native", "hf")
+BACKENDS = ("native", "hf", "vllm")
 AUTO_TOKEN_BUDGET = 16384  # --batch-size auto: context+continuation tokens per scoring step
 # Scoring keeps fp32 logits and their log-softmax for every token of a step: [tokens, vocab]
 # twice. With dolma2's 100k vocabulary this, not the model, bounds a step (~2k tokens per GiB).
@@ -185,7 +185,7 @@ class HFBackend:
 
 def load_backend(kind: str, model_path: str, batch_size: int | str = 32, dtype: str = "float32",
                  quant: str = "none"):
-    """A NativeBackend or HFBackend for `model_path` (a checkpoint dir or hub id)."""
+    """A NativeBackend, HFBackend or VLLMBackend for `model_path` (a checkpoint dir or hub id)."""
     if kind == "native":
         from olmo2.checkpoint import load_model
         from olmo2.eval.native import NativeBackend
@@ -206,4 +206,7 @@ def load_backend(kind: str, model_path: str, batch_size: int | str = 32, dtype: 
         except OSError as e:
             raise Olmo2Error(f"--model {model_path}: transformers cannot load it ({str(e).splitlines()[0][:120]})") from None
         return HFBackend(model, tok, batch_size, str(model_path))
+    if kind == "vllm":  # GPUs; thin and not testable here (olmo2/eval/vllm_backend.py)
+        from olmo2.eval.vllm_backend import VLLMBackend
+        return VLLMBackend.load(model_path, dtype)
     raise Olmo2Error(f"--backend {kind!r}: unknown; choose one of {', '.join(BACKENDS)}")
