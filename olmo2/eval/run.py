@@ -17,6 +17,7 @@ bytes.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -62,15 +63,15 @@ def _tqa_run(backend, opts, items):
     return run_truthfulqa(backend, opts, items)
 
 
-def _mc_spec(task: str) -> TaskSpec:
+def _module_spec(name: str, module: str, load_fn: str, run_fn: str, about: str) -> TaskSpec:
+    """A task whose code is `olmo2.eval.<module>`: `load_fn(name)` and `run_fn(backend, opts,
+    name, data)`, imported on first use (parsing --tasks stays cheap)."""
     def load(opts):
-        from olmo2.eval.tasks_mc import load_mc_task
-        return load_mc_task(task)
+        return getattr(importlib.import_module(f"olmo2.eval.{module}"), load_fn)(name)
 
-    def run(backend, opts, formats):
-        from olmo2.eval.tasks_mc import run_mc_task
-        return run_mc_task(backend, opts, task, formats)
-    return TaskSpec(task, load, run, f"{task}: OLMES RC and MC formats, best of the two (wheel data)")
+    def run(backend, opts, data):
+        return getattr(importlib.import_module(f"olmo2.eval.{module}"), run_fn)(backend, opts, name, data)
+    return TaskSpec(name, load, run, about)
 
 
 def _mmlu_load(opts):
@@ -92,26 +93,17 @@ TASKS: dict[str, TaskSpec] = {
 # Names match olmo2.eval.tasks_mc.MC_TASKS (not imported here: parsing --tasks stays cheap).
 for _t in ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "openbookqa", "piqa", "socialiqa",
            "sciq", "winogrande"):
-    TASKS[_t] = _mc_spec(_t)
+    TASKS[_t] = _module_spec(_t, "tasks_mc", "load_mc_task", "run_mc_task",
+                             f"{_t}: OLMES RC and MC formats, best of the two (wheel data)")
 TASKS["mmlu"] = TaskSpec("mmlu", _mmlu_load, _mmlu_run,
                          "MMLU, 57 subjects, 5-shot from dev, OLMES RC and MC, macro average, best of the two")
-
-
-def _bpb_spec(name: str) -> TaskSpec:
-    def load(opts):
-        from olmo2.eval.bpb_tasks import load_bpb_task
-        return load_bpb_task(name)
-
-    def run(backend, opts, data):
-        from olmo2.eval.bpb_tasks import run_bpb_task
-        return run_bpb_task(backend, opts, name, data)
-    return TaskSpec(name, load, run, f"{name}: bits per byte of the gold continuation (OLMo's in-loop bpb)")
 
 
 # Names match olmo2.eval.bpb_tasks.BPB_TASKS (not imported here: parsing --tasks stays cheap).
 for _t in ("gsm8k_bpb", "minerva_math_bpb", "humaneval_bpb", "mbpp_bpb", "lambada_bpb", "squad_bpb",
            "naturalqs_bpb", "drop_bpb", "jeopardy_bpb", "coqa_bpb"):
-    TASKS[_t] = _bpb_spec(_t)
+    TASKS[_t] = _module_spec(_t, "bpb_tasks", "load_bpb_task", "run_bpb_task",
+                             f"{_t}: bits per byte of the gold continuation (OLMo's in-loop bpb)")
 
 
 def parse_tasks(text: str) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from olmo2.errors import Olmo2Error
-from olmo2.eval.scoring import LoglikRequest, LoglikResult, cut_at_stops, encode_pair
+from olmo2.eval.scoring import HFBackend, LoglikRequest, LoglikResult, cut_at_stops, encode_pair
 
 
 class VLLMBackend:
@@ -43,11 +43,9 @@ class VLLMBackend:
         llm = vllm.LLM(model=model_path, dtype=dtype, seed=0)
         return cls(llm, llm.get_tokenizer(), model_path)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # vLLM's tokenizer is the transformers one: encode and render exactly as the hf backend does
+    encode = HFBackend.encode
+    apply_chat_template = HFBackend.apply_chat_template
 
     def loglikelihood(self, requests: Sequence[LoglikRequest], progress=None) -> list[LoglikResult]:
         from vllm import SamplingParams, TokensPrompt
