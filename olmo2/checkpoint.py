@@ -238,29 +238,38 @@ class SafetensorsFile:
         return t.view(shape)
 
 
-def load_state_dict_lazy(d: Path, expected: dict[str, torch.Size], dtype: torch.dtype | None):
-    """Yield (name, tensor) from the safetensors files in `d`, checking names and shapes."""
+def checked_tensors(d: Path, shapes: dict[str, torch.Size], unexpected: str, implied_by: str):
+    """Yield (file, name, stored dtype, SafetensorsFile) for every tensor in `d`'s safetensors
+    files, after the checks every loader shares: a name in `shapes` (else "unexpected tensor
+    … (`unexpected`)"), in one file only, of the expected shape (else "… `implied_by` SHAPE");
+    once all are read, that none of `shapes` is missing. Exhaust it: the last check runs at the end."""
     seen: dict[str, Path] = {}
     for f in _weight_files(d):
         st = SafetensorsFile(f)
         for name in st.keys():
-            if name not in expected:
-                raise CheckpointError(f"{f}: unexpected tensor {name!r} (not an OLMo 2 parameter)")
+            if name not in shapes:
+                raise CheckpointError(f"{f}: unexpected tensor {name!r} ({unexpected})")
             if name in seen:
                 raise CheckpointError(f"{f}: tensor {name!r} also in {seen[name]}")
             t_dtype, t_shape = st.entries[name][:2]
-            if t_shape != expected[name]:
+            if t_shape != shapes[name]:
                 raise CheckpointError(f"{f}: tensor {name!r} has shape {tuple(t_shape)}, "
-                                      f"config.json implies {tuple(expected[name])}")
-            if not t_dtype.is_floating_point:
-                raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}; expected floating point")
-            t = st.get(name)
+                                      f"{implied_by} {tuple(shapes[name])}")
             seen[name] = f
-            yield name, (t if dtype is None or t.dtype == dtype else t.to(dtype))
-    missing = sorted(set(expected) - set(seen))
+            yield f, name, t_dtype, st
+    missing = sorted(set(shapes) - set(seen))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{d}: missing tensor {missing[0]!r}{more}; the checkpoint is incomplete")
+
+
+def load_state_dict_lazy(d: Path, expected: dict[str, torch.Size], dtype: torch.dtype | None):
+    """Yield (name, tensor) from the safetensors files in `d`, checking names and shapes."""
+    for f, name, t_dtype, st in checked_tensors(d, expected, "not an OLMo 2 parameter", "config.json implies"):
+        if not t_dtype.is_floating_point:
+            raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}; expected floating point")
+        t = st.get(name)
+        yield name, (t if dtype is None or t.dtype == dtype else t.to(dtype))
 
 
 def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.float32,

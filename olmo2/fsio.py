@@ -124,27 +124,10 @@ def _try_lock(fd: int) -> bool:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator:
-    """Open a temp file beside `path`; on clean exit fsync it and rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    _try_lock(fd)  # marks the temp as live for clean_stale_temps (fresh file: never contended)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-            # mkstemp creates 0600; give the result the permissions a plain open() would.
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)  # still under our lock: the fd closes after the rename
-        fsync_dir(path.parent)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        better = write_error(e, path, name_any=False)
-        if better is None:
-            raise
-        raise better from e
+    """Open a temp file beside `path`; on clean exit fsync it and rename it to `path`
+    (`atomic_path` with the file opened for you: same locking, permissions and errors)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 @contextlib.contextmanager

@@ -138,7 +138,7 @@ def _cast_float_params(model, dtype: torch.dtype) -> None:
 
 def load_quantized(d: Path, dtype: torch.dtype | None):
     """Load a directory written by `save_quantized` (names, shapes and dtypes all checked)."""
-    from olmo2.checkpoint import SafetensorsFile, _weight_files
+    from olmo2.checkpoint import checked_tensors
     from olmo2.config import ModelConfig
     from olmo2.model import Olmo2
     cfg = ModelConfig.from_json_file(d / "config.json")
@@ -154,29 +154,17 @@ def load_quantized(d: Path, dtype: torch.dtype | None):
     with torch.device("meta"):
         swap_modules(model, plan, empty_module)
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
-    got, seen = {}, {}
-    for f in _weight_files(d):
-        st = SafetensorsFile(f)
-        for name in st.keys():
-            if name not in expected:
-                raise CheckpointError(f"{f}: unexpected tensor {name!r} (not in {META_NAME}'s plan)")
-            if name in seen:
-                raise CheckpointError(f"{f}: tensor {name!r} also in {seen[name]}")
-            t_dtype, t_shape = st.entries[name][:2]
-            shape, want = expected[name]
-            if t_shape != shape:
-                raise CheckpointError(f"{f}: tensor {name!r} has shape {tuple(t_shape)}, "
-                                      f"{META_NAME} and config.json imply {tuple(shape)}")
-            # Norm weights may be stored in any float dtype; quantized tensors exactly as planned.
-            if t_dtype != want and not (want.is_floating_point and t_dtype.is_floating_point and name.endswith("norm.weight")):
-                raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}, {META_NAME} implies {want}")
-            # A copy, not the memory map: aten's int8 kernel (_weight_int8pack_mm) segfaulted
-            # on a mapped int8 weight at the file's offset (test_quant_checkpoint.py::test_save_load_exact; a fresh buffer is
-            # aligned). Quantized weights are small, and each is read once here.
-            got[name], seen[name] = st.get(name).clone(), f
-    missing = sorted(set(expected) - set(got))
-    if missing:
-        raise CheckpointError(f"{d}: missing tensor {missing[0]!r}; the checkpoint is incomplete")
+    got = {}
+    for f, name, t_dtype, st in checked_tensors(d, {k: v[0] for k, v in expected.items()},
+                                                f"not in {META_NAME}'s plan", f"{META_NAME} and config.json imply"):
+        want = expected[name][1]
+        # Norm weights may be stored in any float dtype; quantized tensors exactly as planned.
+        if t_dtype != want and not (want.is_floating_point and t_dtype.is_floating_point and name.endswith("norm.weight")):
+            raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}, {META_NAME} implies {want}")
+        # A copy, not the memory map: aten's int8 kernel (_weight_int8pack_mm) segfaulted
+        # on a mapped int8 weight at the file's offset (test_quant_checkpoint.py::test_save_load_exact; a fresh buffer is
+        # aligned). Quantized weights are small, and each is read once here.
+        got[name] = st.get(name).clone()
     model.load_state_dict(got, strict=True, assign=True)
     del got
     model.quant_plan, model.quant_config = plan, qcfg
