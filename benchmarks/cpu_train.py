@@ -12,6 +12,8 @@ threads and random tokens:
   → AdamW over OLMo 2's param groups (`olmo2.train.optim`), as the loop does.
 - fp32: the same with compile off and precision fp32 (the eager fp32 step).
 - compiled: the same with `train.compile=True` (fp32): whether compiling each block pays.
+- fast: the same with `train.precision="fast"` (bf16 autocast where the CPU has native
+  bf16, e.g. AVX-512 BF16/AMX; fp32 elsewhere).
 - hf:   `transformers.Olmo2ForCausalLM(input_ids, labels=...)` → backward → clip →
   `torch.optim.AdamW`, eager fp32.
 
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import time
 
-SIDES = ("ours", "fp32", "compiled", "hf")
+SIDES = ("ours", "fp32", "compiled", "fast", "hf")
 WARMUP = 3
 
 
@@ -74,6 +76,8 @@ def _build(kind: str, threads: int, batch: int, seq: int):
         tc = tc.replace(compile=False, precision="fp32")
     elif kind == "compiled":
         tc = tc.replace(compile=True, precision="fp32")
+    elif kind == "fast":
+        tc = tc.replace(compile=False, precision="fast")
     cpu = torch.device("cpu")
     model = Olmo2(cfg)
     model.reset_parameters()
