@@ -18,7 +18,8 @@ CLI: `olmo2 quantize MODEL --bits 8|4 [--group-size G] --out DIR [--report]`, an
 `--quant {none,bf16,int8,int4}` on generate, chat, serve, score and eval.
 
 Modules: formats.py (the tensor formats), kernels.py (run-time kernel choice, env
-OLMO2_QUANT_KERNEL), linear.py (the quantized modules), swap.py (plan + module swap),
+OLMO2_QUANT_KERNEL), native.py + native/gemv.c (our C decode kernels), linear.py (the
+quantized modules), swap.py (plan + module swap),
 io.py (checkpoints + the shared load), report.py (quality report).
 
 The quantized modules take and return the model's compute dtype: attention, norms and

@@ -5,6 +5,7 @@
     OLMO2_QUANT_KERNEL=aten        aten's int8/int4 weight-only kernels wherever they apply
     OLMO2_QUANT_KERNEL=fbgemm      fbgemm's dynamic W8A8 kernel for int8
     OLMO2_QUANT_KERNEL=mkldnn      oneDNN's bf16 linear on a weight reordered once (bf16)
+    OLMO2_QUANT_KERNEL=native      olmo2's own C kernels (olmo2/quant/native.py) in every phase
 
 A phase is decode (GEMV: one row of activations per call, bandwidth-bound) or prefill
 (GEMM: many rows, compute-bound); the two have different winners, so a linear picks per
@@ -27,6 +28,16 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   the weight ~1.4x faster than eager `F.linear` (which reorders per call) at batch 1 on
   the Intel host (docs/cpu-kernels.md: 114 vs 147 ms per 1B token), with identical
   outputs at one row (tests/test_quant_linear.py), and is no slower at prefill.
+- `native` (olmo2/quant/native/gemv.c, built on first use; OLMO2_NATIVE=0 disables it):
+  our decode GEMVs for int8/int4/bf16 with AVX-512 VNNI and AVX2 code paths chosen from
+  the CPU flags. aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
+  and are slow on AVX2-only CPUs; fbgemm's per-tensor activation quantization cost 2%
+  top-1 agreement. The native int8/int4 kernels quantize the activation per block of 32
+  columns (llama.cpp's Q8_0 scheme: top-1 agreement stays >= 99%) and multiply int8 x int8
+  with vpdpbusd / vpmaddubsw, streaming the canonical weights as stored (no packed copy).
+  Decode only under `auto`: at prefill (many rows) aten/fbgemm/oneDNN reuse each weight
+  load across rows and win. A shape it does not take (K not a multiple of its block) or a
+  machine where it did not build keeps the choice below.
 - The reference path materialises the dequantized weight per call: slow, but it runs on
   any CPU and any PyTorch build, and it is what the tests compare every kernel against.
 """
@@ -38,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-KERNELS = ("auto", "reference", "aten", "fbgemm", "mkldnn")
+KERNELS = ("auto", "reference", "aten", "fbgemm", "mkldnn", "native")
 ENV = "OLMO2_QUANT_KERNEL"
 # Row count from which a call counts as prefill (GEMM). A decode step of a batch of B
 # requests has B rows; continuous batching rarely exceeds 16.
@@ -106,10 +117,22 @@ def requested() -> str:
     return v
 
 
-def choose(fmt: str, phase: str) -> str:
-    """The kernel for `fmt` ("int8", "int4", "bf16") in `phase` ("decode" or "prefill")."""
+def native_available() -> bool:
+    """olmo2's own kernels built and loaded for this CPU (olmo2/quant/native.py)."""
+    from olmo2.quant import native
+    return native.available()
+
+
+def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
+    """The kernel for `fmt` ("int8", "int4", "bf16") in `phase` ("decode" or "prefill");
+    `native_fits`: whether the module's shape suits the native kernel (native.fits)."""
     want = requested()
     kind = cpu_kind()
+    native_ok = native_fits and fmt in ("int8", "int4", "bf16") and native_available()
+    if want == "native":
+        if native_ok:
+            return "native"
+        want = "auto"
     if want == "reference":
         return "reference"
     if want == "fbgemm":
@@ -119,6 +142,11 @@ def choose(fmt: str, phase: str) -> str:
     if want == "mkldnn":
         return "mkldnn" if fmt == "bf16" and mkldnn_available() else "reference"
     # auto: the measured winners (benchmarks/RESULTS.md, "Quantized kernels").
+    if phase == "decode" and native_ok and not (fmt == "bf16" and kind.bf16 and mkldnn_available()):
+        # bf16 on a CPU with bf16 dot products keeps oneDNN in both phases: its prefill
+        # needs the reordered copy, and a second (plain) copy for our decode would double
+        # the model's memory; elsewhere bf16 prefill upcasts anyway and decode is ours.
+        return "native"
     if fmt == "int8":
         # fbgemm was faster in benchmarks/quant_kernels.py (decode 2.1x, prefill 7x aten's
         # int8 kernel, same run), but its activation quantization broke the quality goal on

@@ -28,18 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from olmo2.quant import formats
+from olmo2.quant import formats, native
 from olmo2.quant.kernels import choose, cpu_kind, phase_of
 
 _PACK_LOCK = threading.Lock()  # serve decodes on a worker thread; pack once
 
 
 @torch.compiler.assume_constant_result
-def _kernel_for(fmt: str, phase: str) -> str:
+def _kernel_for(fmt: str, phase: str, native_fits: bool) -> str:
     """`choose`, seen by torch.compile as a constant: its cached CPU probe and environment
     read would otherwise break the compiled decode step into a graph per linear (and
     recompile them as strides change), which made compiled quantized steps slower than eager."""
-    return choose(fmt, phase)
+    return choose(fmt, phase, native_fits)
 
 
 class _Quantized(nn.Module):
@@ -66,10 +66,14 @@ class _Quantized(nn.Module):
         """Whether `kernel` takes this module's shape (all do but aten int4: N % 16 == 0)."""
         return True
 
+    def native_fits(self) -> bool:
+        """Whether olmo2's native kernel takes this module's shape (K a multiple of its block)."""
+        return False
+
     def prepare(self) -> None:
         """Build the packed weights of the kernels this CPU will use (decode and prefill)."""
         for phase in ("decode", "prefill"):
-            k = choose(self.fmt, phase)
+            k = choose(self.fmt, phase, self.native_fits())
             if k in self.PACKS and self.runs(k):
                 self._packed_for(k)
 
@@ -99,7 +103,7 @@ class _QuantLinear(_Quantized):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        kernel = _kernel_for(self.fmt, phase_of(x2.shape[0]))
+        kernel = _kernel_for(self.fmt, phase_of(x2.shape[0]), self.native_fits())
         if not self.runs(kernel):
             kernel = "reference"
         y = getattr(self, f"_mm_{kernel}")(x2)
@@ -110,6 +114,9 @@ class _QuantLinear(_Quantized):
 
     def _mm_reference(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized(x.dtype))
+
+    def native_fits(self) -> bool:
+        return native.fits(self.fmt, self.in_features, getattr(self, "group_size", None))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -135,6 +142,9 @@ class Int8Linear(_QuantLinear):
 
     def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
+
+    def _mm_native(self, x: torch.Tensor) -> torch.Tensor:
+        return native.int8_mm(x, self.qweight, self.scales)
 
     def _pack(self, kernel: str):
         if kernel == "fbgemm":
@@ -186,6 +196,9 @@ class Int4Linear(_QuantLinear):
             return packed, formats.int4_scales_and_zeros(self.scales, self.zeros)
         return None
 
+    def _mm_native(self, x: torch.Tensor) -> torch.Tensor:
+        return native.int4_mm(x, self.qweight, self.scales, self.zeros, self.group_size)
+
     def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
         packed, sz = self._packed_for("aten")
         return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
@@ -221,6 +234,9 @@ class BF16Linear(_QuantLinear):
 
     def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(torch.bfloat16), self._plain())
+
+    def _mm_native(self, x: torch.Tensor) -> torch.Tensor:
+        return native.bf16_mm(x, self._plain())
 
     def runs(self, kernel: str) -> bool:
         # Compiled models keep plain weights (Inductor's freezing packs its own copy from a

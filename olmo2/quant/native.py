@@ -1,0 +1,261 @@
+"""olmo2's own CPU matmul kernels for decode (olmo2/quant/native/gemv.c), built on first use.
+
+    from olmo2.quant import native
+    if native.available():
+        y = native.int8_mm(x, qweight, scales)           # fp32 [M, N] from fp32/bf16 x [M, K]
+        y = native.int4_mm(x, packed, scales, zeros, 128)
+        y = native.bf16_mm(x, weight_bf16)
+
+    OLMO2_NATIVE=0            never build or use the library (kernels.py falls back)
+    OLMO2_NATIVE_ISA=avx2     force the AVX2 code path on an AVX-512 CPU (what AMD Zen 3 runs)
+    CC=...                    the C compiler (default: cc, then gcc)
+
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c` into the per-user cache
+(`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
+the sha256 of the source, the compiler's `--version` and the flags, so a changed source
+or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
+temp name and renamed (olmo2.fsio.atomic_path), so processes racing to build it each
+produce a whole file and the last rename wins. No `-march=native`: the SIMD functions
+carry their own target attributes and the library reports which ISA the CPU runs, so a
+cache shared by different CPUs stays safe. Any failure — no compiler, a build error, a
+CPU without AVX2+FMA, a non-x86 machine — makes `available()` False (`reason()` says
+why) and the caller keeps the aten/reference kernels; it never raises.
+
+OpenMP: the library links `libgomp.so.1` by soname; torch has already loaded its own
+bundled copy under that soname, so the dynamic loader binds ours to it and one thread
+pool serves both (two OpenMP runtimes in one process would each spin on the 2 cores).
+
+torch.compile: eager calls go straight to ctypes (a custom op's Python dispatch costs
+more than a decode-sized GEMV's tail). Under compile the same functions are reached
+through `torch.ops.olmo2.native_*` custom ops with fake implementations, so a compiled
+decode step stays one graph. ctypes releases the GIL for the call.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native") / "gemv.c"
+FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
+ABI = 3               # olmo2_native_abi() of the source this module speaks to
+ISAS = {"avx2": 1, "avx512": 2}
+# Shapes the C entry points take (checked here so a call never returns an error code).
+INT8_K_MULTIPLE, INT4_K_MULTIPLE, BF16_K_MULTIPLE = 64, 128, 16
+INT4_GROUPS = (32, 64, 128, 256)
+
+_state: dict[str, object] = {}
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return cc if shutil.which(cc) else None
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def _cache_dir() -> Path:
+    from olmo2.data.sources import cache_root
+    return cache_root() / "kernels"
+
+
+def library_path(cc: str) -> Path:
+    """Where the library built by `cc` from the current source lives in the cache."""
+    ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    h = hashlib.sha256(SOURCE.read_bytes() + ver.encode() + " ".join(FLAGS).encode()).hexdigest()[:20]
+    return _cache_dir() / f"gemv-{h}.so"
+
+
+def _build(cc: str, out: Path) -> None:
+    from olmo2.fsio import atomic_path
+    with atomic_path(out) as tmp:
+        r = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True,
+                           timeout=300)
+        if r.returncode != 0:
+            lines = (r.stderr or r.stdout).strip().splitlines()
+            first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "")
+            raise OSError(f"{cc} failed (exit {r.returncode}): {first.strip()}")
+
+
+def _load() -> ctypes.CDLL:
+    if os.environ.get("OLMO2_NATIVE", "1").strip() == "0":
+        raise OSError("disabled by OLMO2_NATIVE=0")
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        raise OSError(f"no kernels for {os.uname().machine}")
+    cc = _compiler()
+    if cc is None:
+        raise OSError(f"no C compiler ({os.environ.get('CC') or 'cc/gcc'} not found)")
+    path = library_path(cc)
+    if not path.exists():
+        _build(cc, path)
+        _state["built"] = str(path)
+    lib = ctypes.CDLL(str(path))
+    if lib.olmo2_native_abi() != ABI:
+        raise OSError(f"{path}: ABI {lib.olmo2_native_abi()} != {ABI}")
+    i, f, p = ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p  # pointers as plain ints: cheapest to pass
+    lib.olmo2_int8_mm.argtypes = [i, i, f, i, i, p, p, i, f]
+    lib.olmo2_int4_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
+    lib.olmo2_bf16_mm.argtypes = [i, i, f, i, i, p, i, f]
+    for fn in (lib.olmo2_int8_mm, lib.olmo2_int4_mm, lib.olmo2_bf16_mm):
+        fn.restype = ctypes.c_int
+    _state["path"] = str(path)
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    try:
+        lib = _load()
+    except (OSError, subprocess.SubprocessError, AttributeError) as e:
+        _state["reason"] = str(e)
+        return None
+    best = lib.olmo2_native_best_isa()
+    want = os.environ.get("OLMO2_NATIVE_ISA", "").strip().lower()
+    if want and want not in ISAS:
+        _state["reason"] = f"OLMO2_NATIVE_ISA={want!r}: use avx2 or avx512"
+        return None
+    isa = min(best, ISAS[want]) if want else best
+    if isa == 0:
+        _state["reason"] = "this CPU has neither AVX-512 VNNI nor AVX2+FMA"
+        return None
+    _state["isa"] = isa
+    return lib
+
+
+def available() -> bool:
+    """Whether the library built, loaded and has a code path for this CPU."""
+    return _lib() is not None
+
+
+def reason() -> str:
+    """Why the library is not available ('' when it is)."""
+    return "" if available() else str(_state.get("reason", ""))
+
+
+def isa() -> str:
+    """The code path in use: 'avx512' (VNNI), 'avx2', or '' when not available."""
+    return {1: "avx2", 2: "avx512"}.get(_state.get("isa", 0), "") if available() else ""
+
+
+def reset() -> None:
+    """Forget the loaded library (tests: to re-read OLMO2_NATIVE*/CC)."""
+    _lib.cache_clear()
+    _state.clear()
+
+
+def fits(fmt: str, in_features: int, group_size: int | None = None) -> bool:
+    """Whether the kernel for `fmt` takes a K = in_features weight (else the caller's fallback)."""
+    if fmt == "int8":
+        return in_features % INT8_K_MULTIPLE == 0
+    if fmt == "int4":
+        return in_features % INT4_K_MULTIPLE == 0 and group_size in INT4_GROUPS and in_features % group_size == 0
+    if fmt == "bf16":
+        return in_features % BF16_K_MULTIPLE == 0
+    return False
+
+
+def _ptr(t: torch.Tensor) -> int:
+    if not t.is_contiguous():  # the C code reads dense rows; canonical buffers always are
+        raise ValueError("native kernels need contiguous tensors")
+    return t.data_ptr()
+
+
+def _x32(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype is torch.float32 and x.is_contiguous():
+        return x
+    return x.to(torch.float32).contiguous()
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:  # shapes are checked by fits(); this is a bug or out of memory
+        raise RuntimeError(f"native {what} kernel failed (code {rc})")
+
+
+def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    lib = _lib()
+    x = _x32(x)
+    M, K = x.shape
+    y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    _check(lib.olmo2_int8_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
+                             _ptr(w), _ptr(s), w.shape[0], _ptr(y)), "int8")
+    return y
+
+
+def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
+    lib = _lib()
+    x = _x32(x)
+    M, K = x.shape
+    y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    _check(lib.olmo2_int4_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
+                             _ptr(w), _ptr(s), _ptr(z), group_size, w.shape[0],
+                             _ptr(y)), "int4")
+    return y
+
+
+def _bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    lib = _lib()
+    x = _x32(x)
+    M, K = x.shape
+    y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    _check(lib.olmo2_bf16_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
+                             _ptr(w), w.shape[0], _ptr(y)), "bf16")
+    return y
+
+
+# The same functions as custom ops, for torch.compile (opaque to Inductor, one graph).
+@torch.library.custom_op("olmo2::native_int8_mm", mutates_args=())
+def _op_int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return _int8(x, w, s)
+
+
+@torch.library.custom_op("olmo2::native_int4_mm", mutates_args=())
+def _op_int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
+    return _int4(x, w, s, z, group_size)
+
+
+@torch.library.custom_op("olmo2::native_bf16_mm", mutates_args=())
+def _op_bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _bf16(x, w)
+
+
+@_op_int8.register_fake
+def _(x, w, s):
+    return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
+
+
+@_op_int4.register_fake
+def _(x, w, s, z, group_size):
+    return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
+
+
+@_op_bf16.register_fake
+def _(x, w):
+    return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
+
+
+def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ (qweight int8 [N, K] * scales bf16 [N])^T in fp32, x quantized per 32 columns."""
+    if torch.compiler.is_compiling():
+        return torch.ops.olmo2.native_int8_mm(x, qweight, scales)
+    return _int8(x, qweight, scales)
+
+
+def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+            group_size: int) -> torch.Tensor:
+    """x [M, K] @ dequantize_int4(packed, scales, zeros, group_size)^T in fp32 (x quantized per 32)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.olmo2.native_int4_mm(x, packed, scales, zeros, group_size)
+    return _int4(x, packed, scales, zeros, group_size)
+
+
+def bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ weight bf16 [N, K]^T in fp32 (exact products, fp32 sums)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.olmo2.native_bf16_mm(x, weight)
+    return _bf16(x, weight)

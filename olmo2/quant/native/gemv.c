@@ -1,0 +1,413 @@
+/* olmo2 decode kernels: y[M, N] = x[M, K] @ W[N, K]^T for a few activation rows (M small)
+ * and a big weight in one of olmo2's stored formats (olmo2/quant/formats.py):
+ *
+ *   int8  w[n,k] = q[n,k] * s[n]                 q int8, s bf16 per output row
+ *   int4  w[n,k] = (q[n,k] - 8) * s[n,g] + z[n,g] q 0..15 two per byte (column 2j = low nibble
+ *                                               of byte j), s/z bf16 per group of G columns
+ *   bf16  w[n,k] bf16
+ *
+ * Built by olmo2/quant/native.py with plain `gcc -O3 -shared -fopenmp` (no -march): each
+ * SIMD body carries its own __attribute__((target(...))) and the caller picks one from
+ * the CPU's flags, so the one cached .so runs on an AVX2-only CPU and never executes an
+ * instruction the CPU lacks. No torch headers: it compiles in about a second.
+ *
+ * Why these algorithms (decode is bound by the bytes of W streamed from memory; every
+ * inner loop below does a few instructions per 64 weight bytes so that one core keeps up
+ * with its share of the memory bandwidth):
+ * - int8 and int4 multiply int8 x int8 (llama.cpp's Q8_0 scheme): the activation row is
+ *   quantized once per call per block of 32 columns to int8 with an fp32 scale
+ *   (xs_b = amax_b / 127), shared by every output row. Per-block scales keep the error of
+ *   an activation outlier inside its own block (fbgemm's per-tensor scale lost 2% top-1
+ *   agreement on the demo model for this reason).
+ * - AVX-512 VNNI: vpdpbusd multiplies unsigned bytes by signed bytes. int8 weights are
+ *   made unsigned by XOR 0x80 (= q + 128) in the register; the extra 128 * sum(xq_b) per
+ *   block does not depend on the output row, so it is folded into one per-activation-row
+ *   constant (corr8) subtracted at the end. int4 codes 0..15 are unsigned already; the
+ *   "-8" becomes -8 * sum(xq_b), again per activation row (corr4 per group).
+ * - AVX2 (AMD Zen 3 has no VNNI): vpmaddubsw with llama.cpp's sign trick for int8
+ *   (|xq| unsigned times sign(q, xq) signed: pair sums <= 2*127*127 fit int16), and
+ *   directly for int4 (15 * 127 * 4 per int16 lane at most), then vpmaddwd by ones.
+ * - The int32 sum of each 4 (int8) or 8 (int4) columns is converted to fp32 and
+ *   multiplied by its block's activation scale (and int4's group scale) lane by lane;
+ *   lanes are summed once per output row.
+ * - bf16: bf16 -> fp32 is a 16-bit left shift; fp32 FMA with the fp32 activation (exact
+ *   products, no activation rounding).
+ *
+ * Threads: output rows are split statically across `nthreads` OpenMP threads. Each output
+ * element is computed by one thread in a fixed order, so the result does not depend on
+ * the thread count (tests check bitwise equality). native.py links the libgomp that torch
+ * already loaded (same soname), so torch and these kernels share one thread pool and do
+ * not spin against each other.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QBLOCK 32 /* activation quantization block (columns) */
+
+enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+int olmo2_native_abi(void) { return 3; }
+
+/* 2 if AVX-512 F/BW/VNNI (and the OS saves zmm state: __builtin_cpu_supports checks),
+ * 1 if AVX2+FMA, else 0. */
+int olmo2_native_best_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+    return ISA_NONE;
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- activation quantization (once per call) ----
+ * xq[k] = round_half_even(x[k] * (127 / amax_b)), xs_b = amax_b / 127, bsum[b] = sum of
+ * xq over block b. An all-zero block gets xs = 0 and xq = 0 (its products are 0 whatever
+ * the weight). AVX2 (every CPU that runs either path has it): a scalar loop calling
+ * nearbyintf cost ~10 us per 2048 columns, as much as streaming 100 KiB of weights. */
+__attribute__((target("avx2,fma"))) static void quantize_row(const float *x, int K, int8_t *xq, float *xs,
+                                                             int32_t *bsum) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < K / QBLOCK; b++) {
+        const float *xb = x + b * QBLOCK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
+               v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const __m256 id = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        /* cvtps rounds to nearest even (the default MXCSR mode), as torch.round does */
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, id));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, id)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, id));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        /* |values| <= 127: the saturating packs are exact; the permute undoes their lane interleave */
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        _mm256_storeu_si256((__m256i *)(xq + b * QBLOCK), _mm256_permutevar8x32_epi32(q, perm));
+        xs[b] = amax / 127.f;
+        bsum[b] = _mm_cvtsi128_si32(s4);
+    }
+}
+
+/* Per activation row, everything the int8/int4 inner loops read besides the weights. */
+typedef struct {
+    int8_t *xq;      /* [K] quantized activation (int8 kernels); int4: even/odd split, see below */
+    float *lane8;    /* [K/4]  int8: activation scale per 4-column int32 lane */
+    float *lane4;    /* [K/8]  int4: activation scale per 8-column int32 lane */
+    float *xs;       /* [K/32] */
+    int32_t *bsum;   /* [K/32] */
+    float corr8;     /* 128 * sum_b xs_b * bsum_b */
+} xprep;
+
+/* ---------------------------------------------------------------------------------------
+ * int8
+ * ------------------------------------------------------------------------------------- */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static float dot8_avx512(const int8_t *w, const xprep *p,
+                                                                                    int K) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 128 <= K; k += 128) {
+        __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
+        __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k + 64)), flip);
+        __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512((const void *)(p->xq + k)));
+        __m512i d1 =
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512((const void *)(p->xq + k + 64)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_loadu_ps(p->lane8 + k / 4), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_loadu_ps(p->lane8 + k / 4 + 16), acc1);
+    }
+    for (; k < K; k += 64) {
+        __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
+        __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512((const void *)(p->xq + k)));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_loadu_ps(p->lane8 + k / 4), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - p->corr8;
+}
+
+__attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) static float dot8_avx2(const int8_t *w, const xprep *p, int K) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 64 <= K; k += 64) {  /* two blocks of 32 per iteration */
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(p->xq + k));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(p->xq + k + 32));
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
+        __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k + 32));
+        /* |x| (unsigned) times w with x's sign: products and int16 pair sums are exact */
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0)), ones);
+        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x1, x1), _mm256_sign_epi8(w1, x1)), ones);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(p->xs[k / QBLOCK]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(p->xs[k / QBLOCK + 1]), acc1);
+    }
+    for (; k < K; k += 32) {
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(p->xq + k));
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0)), ones);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(p->xs[k / QBLOCK]), acc0);
+    }
+    /* AVX2 path computes sum w*xq directly: no +128 correction */
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+/* ---------------------------------------------------------------------------------------
+ * int4. The activation is stored split by column parity to match the nibbles: for packed
+ * byte j (columns 2j, 2j+1), xe[j] = xq[2j] and xo[j] = xq[2j+1]. An int32 lane of
+ * vpdpbusd over packed bytes 4l..4l+3 then covers columns 8l..8l+7: one activation block
+ * (32 columns) is 4 lanes and one weight group (G columns) is G/8 lanes.
+ * Per group g: sum_k w_k x_k ~= s_g * (sum_l lane4_l * dot_l - corr4_g) + z_g * xsum_g,
+ * corr4_g = 8 * sum_{b in g} xs_b * bsum_b and xsum_g = the exact fp32 sum of x over g.
+ * ------------------------------------------------------------------------------------- */
+typedef struct {
+    const int8_t *xe, *xo;
+    const float *lane4;
+    const float *corr4, *xsum; /* [K/G] */
+} xprep4;
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static float dot4_avx512(const uint8_t *w, const uint16_t *sc,
+                                                                                    const uint16_t *zr, const xprep4 *p,
+                                                                                    int K, int G, float *sg) {
+    const int ng = K / G, L = G / 8; /* int32 lanes per group */
+    /* the per-group terms, 16 groups at a time: this runs once per output row, and at
+     * K = 2048 a scalar loop here cost as much as the row's 1 KiB of nibbles */
+    __m512 tv = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g += 16) {
+        __mmask16 mk = ng - g >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
+        __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, sc + g)), 16));
+        __m512 z = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, zr + g)), 16));
+        _mm512_storeu_ps(sg + g, s); /* sg has ng + 16 slots */
+        tv = _mm512_fmadd_ps(z, _mm512_maskz_loadu_ps(mk, p->xsum + g), tv);
+        tv = _mm512_fnmadd_ps(s, _mm512_maskz_loadu_ps(mk, p->corr4 + g), tv);
+    }
+    const float tail = _mm512_reduce_add_ps(tv);
+    const __m512i lo = _mm512_set1_epi8(0x0F);
+    /* lane i of a 16-lane vector -> group offset i / L (only used when L < 16) */
+    const __m512i gidx = L >= 16 ? _mm512_setzero_si512()
+                                 : (L == 8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                           : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+    __m512 acc = _mm512_setzero_ps();
+    for (int j = 0; j < K / 2; j += 64) { /* 64 packed bytes = 128 columns = 16 lanes */
+        __m512i b = _mm512_loadu_si512((const void *)(w + j));
+        __m512i qlo = _mm512_and_si512(b, lo), qhi = _mm512_and_si512(_mm512_srli_epi16(b, 4), lo);
+        __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qlo, _mm512_loadu_si512((const void *)(p->xe + j)));
+        d = _mm512_dpbusd_epi32(d, qhi, _mm512_loadu_si512((const void *)(p->xo + j)));
+        int l0 = j / 4, g0 = l0 / L;
+        __m512 s = L >= 16 ? _mm512_set1_ps(sg[g0])
+                           : _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_loadu_ps(sg + g0)));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_loadu_ps(p->lane4 + l0)), acc);
+    }
+    return _mm512_reduce_add_ps(acc) + tail;
+}
+
+__attribute__((target("avx2,fma"))) static float dot4_avx2(const uint8_t *w, const uint16_t *sc, const uint16_t *zr,
+                                                           const xprep4 *p, int K, int G, float *sg) {
+    const int ng = K / G, L = G / 8;
+    __m256 tv = _mm256_setzero_ps();
+    int g = 0;
+    for (; g + 8 <= ng; g += 8) { /* vectorized for the reason given in dot4_avx512 */
+        __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sc + g))), 16));
+        __m256 z = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(zr + g))), 16));
+        _mm256_storeu_ps(sg + g, s);
+        tv = _mm256_fmadd_ps(z, _mm256_loadu_ps(p->xsum + g), tv);
+        tv = _mm256_fnmadd_ps(s, _mm256_loadu_ps(p->corr4 + g), tv);
+    }
+    float tail = hsum256(tv);
+    for (; g < ng; g++) {
+        sg[g] = bf16_to_f32(sc[g]);
+        tail += -sg[g] * p->corr4[g] + bf16_to_f32(zr[g]) * p->xsum[g];
+    }
+    const __m256i lo = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i gidx = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0); /* L == 4: two groups per 8 lanes */
+    __m256 acc0 = _mm256_setzero_ps();
+    for (int j = 0; j < K / 2; j += 32) { /* 32 packed bytes = 64 columns = 8 lanes */
+        __m256i b = _mm256_loadu_si256((const __m256i *)(w + j));
+        __m256i qlo = _mm256_and_si256(b, lo), qhi = _mm256_and_si256(_mm256_srli_epi16(b, 4), lo);
+        /* q <= 15, |xq| <= 127: each int16 pair sum <= 3810, two of them <= 7620 */
+        __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(qlo, _mm256_loadu_si256((const __m256i *)(p->xe + j))),
+                                       _mm256_maddubs_epi16(qhi, _mm256_loadu_si256((const __m256i *)(p->xo + j))));
+        __m256i d = _mm256_madd_epi16(s16, ones);
+        int l0 = j / 4, g0 = l0 / L;
+        __m256 s = L >= 8 ? _mm256_set1_ps(sg[g0])
+                          : _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sg + g0)), gidx);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_loadu_ps(p->lane4 + l0)), acc0);
+    }
+    return hsum256(acc0) + tail;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * bf16: fp32 activations, weight widened by a shift, fp32 FMA.
+ * ------------------------------------------------------------------------------------- */
+__attribute__((target("avx512f,avx512bw,fma"))) static float dotbf_avx512(const uint16_t *w, const float *x, int K) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k)));
+        __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k + 16)));
+        acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_loadu_ps(x + k), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(b, 16)), _mm512_loadu_ps(x + k + 16), acc1);
+    }
+    for (; k < K; k += 16) {
+        __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k)));
+        acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_loadu_ps(x + k), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+__attribute__((target("avx2,fma"))) static float dotbf_avx2(const uint16_t *w, const float *x, int K) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k)));
+        __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8)));
+        acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_loadu_ps(x + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(b, 16)), _mm256_loadu_ps(x + k + 8), acc1);
+    }
+    for (; k < K; k += 8) {
+        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k)));
+        acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_loadu_ps(x + k), acc0);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Entry points. Shapes are checked by the caller (native.py `fits`): K % 64 == 0 (int8),
+ * K % 128 == 0 and G in {32, 64, 128, 256} (int4), K % 16 == 0 (bf16). Return 0 on
+ * success, -1 for an unknown ISA or shape, -2 when out of memory.
+ * ------------------------------------------------------------------------------------- */
+static void prep_row(const float *x, int K, xprep *p, int8_t *xq, float *lane8, float *xs, int32_t *bsum) {
+    quantize_row(x, K, xq, xs, bsum);
+    float c = 0.f;
+    for (int b = 0; b < K / QBLOCK; b++) c += xs[b] * (float)bsum[b];
+    for (int l = 0; l < K / 4; l++) lane8[l] = xs[(4 * l) / QBLOCK];
+    p->xq = xq;
+    p->lane8 = lane8;
+    p->xs = xs;
+    p->bsum = bsum;
+    p->corr8 = 128.f * c;
+}
+
+int olmo2_int8_mm(int isa, int nthreads, const float *x, int M, int K, const int8_t *w, const uint16_t *scales, int N,
+                  float *y) {
+    if (K % 64 || (isa != ISA_AVX2 && isa != ISA_AVX512) || M <= 0 || N <= 0) return -1;
+    size_t per = (size_t)K + sizeof(float) * (K / 4 + 2 * (K / QBLOCK));
+    char *buf = malloc(per * (size_t)M + 64);
+    xprep *ps = malloc(sizeof(xprep) * (size_t)M);
+    if (!buf || !ps) {
+        free(buf);
+        free(ps);
+        return -2;
+    }
+    for (int m = 0; m < M; m++) {
+        char *b = buf + per * (size_t)m;
+        float *lane8 = (float *)b, *xs = lane8 + K / 4;
+        int32_t *bsum = (int32_t *)(xs + K / QBLOCK);
+        prep_row(x + (size_t)m * K, K, &ps[m], (int8_t *)(bsum + K / QBLOCK), lane8, xs, bsum);
+    }
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int n = 0; n < N; n++) {
+        const int8_t *wn = w + (size_t)n * K;
+        float s = bf16_to_f32(scales[n]);
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = s * (isa == ISA_AVX512 ? dot8_avx512(wn, &ps[m], K) : dot8_avx2(wn, &ps[m], K));
+    }
+    free(buf);
+    free(ps);
+    return 0;
+}
+
+int olmo2_int4_mm(int isa, int nthreads, const float *x, int M, int K, const uint8_t *w, const uint16_t *scales,
+                  const uint16_t *zeros, int G, int N, float *y) {
+    if (K % 128 || (G != 32 && G != 64 && G != 128 && G != 256) || K % G || M <= 0 || N <= 0 ||
+        (isa != ISA_AVX2 && isa != ISA_AVX512))
+        return -1;
+    const int nb = K / QBLOCK, ng = K / G;
+    /* per row: xq (K) + xe/xo (K) + xs, bsum (nb) + lane4 (K/8) + corr4, xsum (ng) */
+    size_t per = (size_t)2 * K + sizeof(float) * (2 * nb + K / 8 + 2 * ng);
+    char *buf = malloc(per * (size_t)M + 64);
+    xprep4 *ps = malloc(sizeof(xprep4) * (size_t)M);
+    if (!buf || !ps) {
+        free(buf);
+        free(ps);
+        return -2;
+    }
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * K;
+        float *xs = (float *)(buf + per * (size_t)m), *lane4 = xs + nb, *corr4 = lane4 + K / 8, *xsum = corr4 + ng;
+        int32_t *bsum = (int32_t *)(xsum + ng);
+        /* 2K bytes: xq (K), then its even/odd split xe, xo (K/2 each) */
+        int8_t *xq = (int8_t *)(bsum + nb), *xe = xq + K, *xo = xe + K / 2;
+        quantize_row(xm, K, xq, xs, bsum);
+        for (int j = 0; j < K / 2; j++) {
+            xe[j] = xq[2 * j];
+            xo[j] = xq[2 * j + 1];
+        }
+        for (int l = 0; l < K / 8; l++) lane4[l] = xs[(8 * l) / QBLOCK];
+        for (int g = 0; g < ng; g++) {
+            float c = 0.f, sx = 0.f;
+            for (int b = g * G / QBLOCK; b < (g + 1) * G / QBLOCK; b++) c += xs[b] * (float)bsum[b];
+            for (int k = g * G; k < (g + 1) * G; k++) sx += xm[k];
+            corr4[g] = 8.f * c;
+            xsum[g] = sx;
+        }
+        ps[m].xe = xe;
+        ps[m].xo = xo;
+        ps[m].lane4 = lane4;
+        ps[m].corr4 = corr4;
+        ps[m].xsum = xsum;
+    }
+    int err = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *sg = calloc(ng + 16, sizeof(float)); /* the row's group scales in fp32 (+16: vector stores/loads past ng) */
+        if (!sg) {
+#pragma omp atomic write
+            err = -2;
+        }
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            if (!sg) continue;
+            const uint8_t *wn = w + (size_t)n * (K / 2);
+            const uint16_t *sn = scales + (size_t)n * ng, *zn = zeros + (size_t)n * ng;
+            for (int m = 0; m < M; m++)
+                y[(size_t)m * N + n] = isa == ISA_AVX512 ? dot4_avx512(wn, sn, zn, &ps[m], K, G, sg)
+                                                         : dot4_avx2(wn, sn, zn, &ps[m], K, G, sg);
+        }
+        free(sg);
+    }
+    free(buf);
+    free(ps);
+    return err;
+}
+
+int olmo2_bf16_mm(int isa, int nthreads, const float *x, int M, int K, const uint16_t *w, int N, float *y) {
+    if (K % 16 || M <= 0 || N <= 0 || (isa != ISA_AVX2 && isa != ISA_AVX512)) return -1;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int n = 0; n < N; n++) {
+        const uint16_t *wn = w + (size_t)n * K;
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = isa == ISA_AVX512 ? dotbf_avx512(wn, x + (size_t)m * K, K)
+                                                     : dotbf_avx2(wn, x + (size_t)m * K, K);
+    }
+    return 0;
+}

@@ -1,0 +1,235 @@
+"""olmo2's native decode kernels (olmo2/quant/native.py, native/gemv.c) against references.
+
+Two references for int8/int4, both in fp64:
+- the float one, `dequantized() @ x`: the kernel differs from it by the activation
+  quantization, |x - x̂| <= xs_b / 2 per element with xs_b = amax_b / 127 per block b of 32
+  columns, so |y - y_float| <= Σ_b xs_b/2 · Σ_{k∈b} |w_k| (int4: the zero-point term uses
+  the exact x, so only the (q-8)·s part carries it) plus fp32 accumulation slack;
+- an emulation of the same algorithm (x̂ from the same fp32 operations, then exact
+  products): the kernel differs from it only by fp32 rounding of its sums, bounded by the
+  textbook K·u·Σ|x̂||w|. This is the sharp check that every nibble, lane and scale lines up.
+bf16 has exact products (fp32 FMA of a widened bf16 weight), so only the fp32 slack.
+
+The library is built once per session into a temporary cache (module fixture); the cache
+test builds a second copy into its own directory.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from olmo2.quant import formats, native
+from olmo2.quant.kernels import ENV, choose, cpu_flags
+from olmo2.quant.linear import BF16Linear, Int4Linear, Int8Linear
+
+FP32_U = 2.0 ** -24
+AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= cpu_flags()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lib(tmp_path_factory):
+    old = {k: os.environ.get(k) for k in ("OLMO2_CACHE", "OLMO2_NATIVE_ISA", "OLMO2_NATIVE")}
+    os.environ["OLMO2_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("OLMO2_NATIVE_ISA", None)
+    os.environ.pop("OLMO2_NATIVE", None)
+    native.reset()
+    if not native.available():
+        pytest.skip(f"native kernels not available here: {native.reason()}")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    native.reset()
+
+
+def _isas():
+    return ["avx512", "avx2"] if AVX512 else ["avx2"]
+
+
+@pytest.fixture
+def use_isa(monkeypatch):
+    def set_(isa):
+        monkeypatch.setenv("OLMO2_NATIVE_ISA", isa)
+        native.reset()
+        assert native.isa() == isa
+    yield set_
+    monkeypatch.delenv("OLMO2_NATIVE_ISA", raising=False)
+    native.reset()
+
+
+def _x(m, k, seed=2):
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
+    x[0, 3] = 25.0        # an outlier: sets its block's scale, must not leak into other blocks
+    x[-1, 32:64] = 0.0    # an all-zero block (scale 0)
+    return x
+
+
+def _w(n, k, seed=0):
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * 0.02
+
+
+def _xhat(x):
+    """The activation as the kernels quantize it: same fp32 ops, ties to even."""
+    M, K = x.shape
+    b = x.reshape(M, K // 32, 32)
+    amax = b.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = torch.round(b * inv).clamp(-127, 127)
+    return (q.double() * (amax / 127.0).double()).reshape(M, K), (amax / 127.0).double()
+
+
+def _act_bound(x, w_abs):
+    """Σ_b xs_b/2 · Σ_{k∈b}|w_k| for every (row of x, row of w)."""
+    _, xs = _xhat(x)                                             # [M, K/32, 1]
+    wb = w_abs.reshape(w_abs.shape[0], -1, 32).sum(-1)           # [N, K/32]
+    return (xs[..., 0] / 2) @ wb.T
+
+
+def _slack(x, w_abs):
+    return x.shape[1] * FP32_U * (x.abs().double() @ w_abs.T) * 2
+
+
+SHAPES = [(1, 64, 1), (7, 192, 3), (33, 128, 8), (257, 256, 2)]   # (N, K, M): odd N, 1-8 rows
+
+
+@pytest.mark.parametrize("n,k,m", SHAPES)
+def test_int8_vs_float_and_emulation(use_isa, n, k, m):
+    w, x = _w(n, k), _x(m, k)
+    q, s = formats.quantize_int8(w)
+    wd = formats.dequantize_int8(q, s).double()
+    for isa in _isas():
+        use_isa(isa)
+        y = native.int8_mm(x, q, s).double()
+        xh, _ = _xhat(x)
+        assert bool(((y - xh @ wd.T).abs() <= _slack(xh, wd.abs())).all()), isa
+        bound = _act_bound(x, wd.abs()) * (1 + 1e-6) + _slack(x, wd.abs())
+        assert bool(((y - x.double() @ wd.T).abs() <= bound).all()), isa
+
+
+@pytest.mark.parametrize("gs", [32, 64, 128, 256])
+@pytest.mark.parametrize("n,m", [(5, 1), (40, 3), (129, 8)])
+def test_int4_vs_float_and_emulation(use_isa, gs, n, m):
+    k = max(256, gs)
+    w, x = _w(n, k, seed=gs), _x(m, k)
+    p, s, z = formats.quantize_int4(w, gs)
+    wd = formats.dequantize_int4(p, s, z, gs).double()
+    wq = (formats.unpack_int4(p).double() - 8) * s.double().repeat_interleave(gs, 1)   # the (q-8)·s part
+    wz = z.double().repeat_interleave(gs, 1)
+    for isa in _isas():
+        use_isa(isa)
+        y = native.int4_mm(x, p, s, z, gs).double()
+        xh, _ = _xhat(x)
+        emu = xh @ wq.T + x.double() @ wz.T
+        assert bool(((y - emu).abs() <= _slack(xh, wq.abs()) + _slack(x, wz.abs())).all()), isa
+        bound = _act_bound(x, wq.abs()) * (1 + 1e-6) + _slack(x, wq.abs() + wz.abs())
+        assert bool(((y - x.double() @ wd.T).abs() <= bound).all()), isa
+
+
+@pytest.mark.parametrize("n,k,m", SHAPES + [(3, 16, 1), (9, 48, 2)])
+def test_bf16_vs_float(use_isa, n, k, m):
+    w, x = _w(n, k).to(torch.bfloat16), _x(m, k)
+    ref = x.double() @ w.double().T
+    for isa in _isas():
+        use_isa(isa)
+        y = native.bf16_mm(x, w).double()
+        assert bool(((y - ref).abs() <= _slack(x, w.double().abs())).all()), isa
+
+
+def test_isas_agree_and_thread_count_is_bitwise_irrelevant(use_isa):
+    n, k, m = 301, 512, 2          # 301 rows: not a multiple of any thread split
+    w, x = _w(n, k, seed=7), _x(m, k)
+    q, s = formats.quantize_int8(w)
+    p, s4, z4 = formats.quantize_int4(w, 64)
+    b = w.to(torch.bfloat16)
+    outs = {}
+    old = torch.get_num_threads()
+    try:
+        for isa in _isas():
+            use_isa(isa)
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs[isa, t] = (native.int8_mm(x, q, s), native.int4_mm(x, p, s4, z4, 64), native.bf16_mm(x, b))
+    finally:
+        torch.set_num_threads(old)
+    for isa in _isas():
+        for t in (2, 3):
+            assert all(torch.equal(a, c) for a, c in zip(outs[isa, 1], outs[isa, t])), (isa, t)
+    if AVX512:  # same integer dot products, different fp32 summation order: within the slack
+        xh, _ = _xhat(x)
+        wd = formats.dequantize_int8(q, s).double().abs()
+        d = (outs["avx512", 1][0].double() - outs["avx2", 1][0].double()).abs()
+        assert bool((d <= 2 * _slack(xh, wd)).all())
+        assert torch.allclose(outs["avx512", 1][2], outs["avx2", 1][2], rtol=1e-5, atol=1e-6)
+
+
+def test_linears_use_it_for_decode_and_match(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    w, x = _w(64, 128, seed=4), _x(1, 128)
+    for lin, fmt in ((Int8Linear.from_float(w), "int8"), (Int4Linear.from_float(w, 32), "int4")):
+        assert choose(fmt, "decode", lin.native_fits()) == "native"
+        y = lin(x)
+        monkeypatch.setenv(ENV, "native")
+        assert torch.equal(lin(x), y)
+        monkeypatch.setenv(ENV, "reference")
+        bound = _act_bound(x, lin.dequantized().double().abs()) * (1 + 1e-6) + \
+            _slack(x, lin.dequantized().double().abs()) * 4
+        assert bool(((y.double() - lin(x).double()).abs() <= bound).all())
+        monkeypatch.delenv(ENV)
+    # a shape the kernel does not take (K = 96, not a multiple of 64) keeps the old choice
+    lin = Int8Linear.from_float(_w(8, 96))
+    assert not lin.native_fits() and choose("int8", "decode", lin.native_fits()) != "native"
+    monkeypatch.setenv(ENV, "native")
+    assert choose("int8", "decode", False) != "native"
+    assert lin(_x(1, 96)).shape == (1, 8)
+    b = BF16Linear.from_float(w)
+    assert torch.allclose(b(x), x @ b.weight_bf16.float().T, rtol=1e-5, atol=1e-5)
+
+
+def test_compiles_to_one_graph(monkeypatch):
+    """The custom ops have fake kernels: Dynamo traces through them without a graph break."""
+    monkeypatch.setenv(ENV, "native")
+    w = _w(128, 128, seed=5)
+    mods = torch.nn.Sequential(Int8Linear.from_float(w), torch.nn.ReLU(), BF16Linear.from_float(w),
+                               torch.nn.ReLU(), Int4Linear.from_float(w[:32], 64))
+    x = _x(1, 128)
+    eager = mods(x)
+    comp = torch.compile(mods, backend="aot_eager", fullgraph=True)
+    assert torch.equal(comp(x), eager)
+
+
+def test_cache_is_reused_and_a_missing_compiler_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("OLMO2_CACHE", str(tmp_path))
+    native.reset()
+    assert native.available() and native._state.get("built")
+    so = list((tmp_path / "kernels").glob("*.so"))
+    assert len(so) == 1 and not list((tmp_path / "kernels").glob(".*tmp"))
+    mtime = so[0].stat().st_mtime_ns
+    native.reset()
+    assert native.available() and "built" not in native._state      # loaded, not rebuilt
+    assert so[0].stat().st_mtime_ns == mtime
+    # no compiler: not available, and the linears still work on the existing kernels
+    monkeypatch.setenv("OLMO2_CACHE", str(tmp_path / "other"))
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    native.reset()
+    assert not native.available() and "compiler" in native.reason()
+    monkeypatch.delenv(ENV, raising=False)
+    lin = Int8Linear.from_float(_w(16, 128))
+    assert choose("int8", "decode", lin.native_fits()) != "native"
+    x = _x(1, 128)
+    ref = x.double() @ lin.dequantized().double().T
+    assert torch.allclose(lin(x).double(), ref, rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
+    # a compiler that fails: also just not available
+    bad = tmp_path / "badcc"
+    bad.write_text("#!/bin/sh\necho 'error: nope' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    monkeypatch.setenv("CC", str(bad))
+    native.reset()
+    assert not native.available() and "nope" in native.reason()
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("OLMO2_NATIVE", "0")
+    native.reset()
+    assert not native.available() and "OLMO2_NATIVE=0" in native.reason()
