@@ -3,6 +3,7 @@
     python benchmarks/quant_kernels.py                  # decode (batch 1) and prefill (128 rows)
     python benchmarks/quant_kernels.py --layers 2 --reps 5 --threads 2
     ATEN_CPU_CAPABILITY=avx2 python benchmarks/quant_kernels.py   # what an AVX2-only CPU dispatches
+    python benchmarks/quant_kernels.py --threads 1 --per-shape --only int8:native,int8:aten,bf16:aten
 
 Decode: one row of activations through `--layers` blocks' worth of distinct weights
 (q, k, v, o 2048x2048; gate, up 8192x2048; down 2048x8192) plus the 100352x2048 LM head,
@@ -12,6 +13,11 @@ bandwidth measured in the same run (torch fp32 sum over 512 MB, the figure decod
 bounded by). "est. 1B tok/s" scales the per-weight time to the 1B's 1.279 B weights read
 per token (16 blocks + LM head). Prefill: 128 rows through one block (7 matmuls), reported
 as GFLOP/s and as the 1B prefill tok/s it implies.
+
+Kernel `native` is olmo2's own C kernels (olmo2/quant/native.py); `native-avx2` the same
+library forced onto its AVX2 code path (what an AVX2-only CPU such as AMD Zen 3 runs).
+`--per-shape` adds a table per 1B matrix shape (time per call and GB/s at one row, each
+shape repeated over enough distinct copies to stream from memory, not cache).
 
 Every row runs in this process one after another (same load), so compare rows with each
 other, not with other runs; the machine's load is printed. The kernels are the ones
@@ -62,8 +68,18 @@ def make(fmt: str, shapes, gs: int):
     return mods
 
 
+def set_kernel(kernel: str) -> None:
+    """OLMO2_QUANT_KERNEL for `kernel`; native-avx2 = native on its AVX2 path."""
+    from olmo2.quant import native
+    os.environ["OLMO2_QUANT_KERNEL"] = kernel.split("-")[0]
+    want = "avx2" if kernel == "native-avx2" else ""
+    if os.environ.get("OLMO2_NATIVE_ISA", "") != want:
+        os.environ["OLMO2_NATIVE_ISA"] = want
+        native.reset()
+
+
 def time_pass(mods, rows: int, kernel: str, reps: int) -> float:
-    os.environ["OLMO2_QUANT_KERNEL"] = kernel
+    set_kernel(kernel)
     xs = {m.in_features: torch.randn(rows, m.in_features) for m in mods}
     with torch.inference_mode():
         for m in mods:
@@ -84,6 +100,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefill-rows", type=int, default=128)
     ap.add_argument("--only", default="", help="comma list of FORMAT:KERNEL rows to run (default all)")
+    ap.add_argument("--per-shape", action="store_true", help="also time each 1B matrix shape on its own (1 row)")
+    ap.add_argument("--no-prefill", action="store_true", help="skip the prefill columns")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from olmo2.quant.kernels import cpu_flags, cpu_kind, fbgemm_available
@@ -94,9 +112,14 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     bw = bandwidth_probe(args.reps)
     print(f"# read bandwidth probe (fp32 sum, 512 MB): {bw:.1f} GB/s\n")
-    rows = [("fp32", "reference", 0), ("bf16", "aten", 0), ("bf16", "reference", 0),
+    from olmo2.quant import native
+    print(f"# native kernels: {native.isa() or 'not available: ' + native.reason()}")
+    rows = [("fp32", "reference", 0), ("bf16", "aten", 0), ("bf16", "mkldnn", 0), ("bf16", "reference", 0),
+            ("bf16", "native", 0), ("bf16", "native-avx2", 0),
             ("int8", "aten", 0), ("int8", "fbgemm", 0), ("int8", "reference", 0),
-            ("int4", "aten", 32), ("int4", "aten", 64), ("int4", "aten", 128), ("int4", "reference", 128)]
+            ("int8", "native", 0), ("int8", "native-avx2", 0),
+            ("int4", "aten", 32), ("int4", "aten", 64), ("int4", "aten", 128), ("int4", "reference", 128),
+            ("int4", "native", 128), ("int4", "native-avx2", 128), ("int4", "native", 32)]
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if f"{r[0]}:{r[1]}" in keep or f"{r[0]}:{r[1]}:{r[2]}" in keep]
@@ -113,13 +136,42 @@ def main() -> None:
         t = time_pass(mods, 1, kernel, args.reps)
         gbs = nbytes / t / 1e9
         tok_s = 1 / (t * WEIGHTS_PER_TOKEN / nweights)
-        tp = time_pass(mods[:len(BLOCK)], args.prefill_rows, kernel, max(2, args.reps // 2))
-        flops = 2 * args.prefill_rows * sum(o * i for o, i in BLOCK)
-        pre_tok_s = args.prefill_rows / (tp * WEIGHTS_PER_TOKEN / sum(o * i for o, i in BLOCK))
         name = f"{fmt}" + (f" g{gs}" if fmt == "int4" else "")
-        print(f"| {name} | {kernel} | {1e3 * t:.1f} | {gbs:.1f} | {100 * gbs / bw:.0f}% | {tok_s:.1f} | "
-              f"{flops / tp / 1e9:.0f} | {pre_tok_s:.0f} |", flush=True)
+        if args.no_prefill:
+            pre = "– | –"
+        else:
+            tp = time_pass(mods[:len(BLOCK)], args.prefill_rows, kernel, max(2, args.reps // 2))
+            flops = 2 * args.prefill_rows * sum(o * i for o, i in BLOCK)
+            pre_tok_s = args.prefill_rows / (tp * WEIGHTS_PER_TOKEN / sum(o * i for o, i in BLOCK))
+            pre = f"{flops / tp / 1e9:.0f} | {pre_tok_s:.0f}"
+        print(f"| {name} | {kernel} | {1e3 * t:.1f} | {gbs:.1f} | {100 * gbs / bw:.0f}% | {tok_s:.1f} | {pre} |",
+              flush=True)
         del mods
+    if args.per_shape:
+        per_shape(rows, args.reps, bw)
+
+
+SHAPES = [(H, H), (F_, H), (H, F_), (V, H)]   # (out, in): q/k/v/o, gate/up, down, LM head
+
+
+def per_shape(rows, reps: int, bw: float) -> None:
+    """Time per call and GB/s per 1B shape at one row; ≥ 256 MB of distinct weights each."""
+    print("\n| weights | kernel | " + " | ".join(f"{i}→{o} µs/call (GB/s)" for o, i in SHAPES) + " |")
+    print("|---|---|" + "---|" * len(SHAPES))
+    for fmt, kernel, gs in rows:
+        if kernel == "reference":
+            continue
+        cells = []
+        for o, i in SHAPES:
+            copies = max(1, (256 << 20) // (o * i))
+            mods = make(fmt, [(o, i)] * copies, gs)
+            nbytes = sum(_bytes(m) if fmt != "fp32" else m.weight.numel() * 4 for m in mods) / copies
+            t = time_pass(mods, 1, kernel, reps) / copies
+            cells.append(f"{1e6 * t:.0f} ({nbytes / t / 1e9:.1f})")
+            del mods
+        name = f"{fmt}" + (f" g{gs}" if fmt == "int4" else "")
+        print(f"| {name} | {kernel} | " + " | ".join(cells) + " |", flush=True)
+    print(f"\n(read bandwidth probe of this run: {bw:.1f} GB/s)")
 
 
 if __name__ == "__main__":

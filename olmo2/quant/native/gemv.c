@@ -220,6 +220,53 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static float
     return _mm512_reduce_add_ps(acc) + tail;
 }
 
+/* Four output rows at once: the activation loads (xe, xo, lane scales) are shared, four
+ * independent accumulator chains keep the FMA units busy, and the per-row setup and lane
+ * reduction overlap. One row at a time streamed only ~15 GB/s from L2 on one core (about
+ * one core's memory bandwidth, so decode was compute-bound); see benchmarks/RESULTS.md. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static void dot4x4_avx512(
+    const uint8_t *w, size_t ldw, const uint16_t *sc, const uint16_t *zr, size_t lds, const xprep4 *p, int K, int G,
+    float *sg, float *out) {
+    const int ng = K / G, L = G / 8, sstride = ng + 16;
+    float tail[4];
+    for (int r = 0; r < 4; r++) {
+        __m512 tv = _mm512_setzero_ps();
+        for (int g = 0; g < ng; g += 16) {
+            __mmask16 mk = ng - g >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
+            __m512 s = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, sc + r * lds + g)), 16));
+            __m512 z = _mm512_castsi512_ps(
+                _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, zr + r * lds + g)), 16));
+            _mm512_storeu_ps(sg + r * sstride + g, s);
+            tv = _mm512_fmadd_ps(z, _mm512_maskz_loadu_ps(mk, p->xsum + g), tv);
+            tv = _mm512_fnmadd_ps(s, _mm512_maskz_loadu_ps(mk, p->corr4 + g), tv);
+        }
+        tail[r] = _mm512_reduce_add_ps(tv);
+    }
+    const __m512i lo = _mm512_set1_epi8(0x0F);
+    const __m512i gidx = L >= 16 ? _mm512_setzero_si512()
+                                 : (L == 8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                           : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int j = 0; j < K / 2; j += 64) {
+        const __m512i xe = _mm512_loadu_si512((const void *)(p->xe + j));
+        const __m512i xo = _mm512_loadu_si512((const void *)(p->xo + j));
+        const int l0 = j / 4, g0 = l0 / L;
+        const __m512 l4 = _mm512_loadu_ps(p->lane4 + l0);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512i b = _mm512_loadu_si512((const void *)(w + r * ldw + j));
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b, lo), xe);
+            d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(b, 4), lo), xo);
+            const float *sr = sg + r * sstride;
+            __m512 s = L >= 16 ? _mm512_set1_ps(sr[g0])
+                               : _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(_mm_loadu_ps(sr + g0)));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, l4), acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+}
+
 __attribute__((target("avx2,fma"))) static float dot4_avx2(const uint8_t *w, const uint16_t *sc, const uint16_t *zr,
                                                            const xprep4 *p, int K, int G, float *sg) {
     const int ng = K / G, L = G / 8;
@@ -379,13 +426,27 @@ int olmo2_int4_mm(int isa, int nthreads, const float *x, int M, int K, const uin
     int err = 0;
 #pragma omp parallel num_threads(nthreads)
     {
-        float *sg = calloc(ng + 16, sizeof(float)); /* the row's group scales in fp32 (+16: vector stores/loads past ng) */
+        /* the rows' group scales in fp32; +16 per row: vector stores/loads past ng */
+        float *sg = calloc((size_t)4 * (ng + 16), sizeof(float));
         if (!sg) {
 #pragma omp atomic write
             err = -2;
         }
+        /* AVX-512: rows in quads (the split depends on N only, so results do not depend on
+         * the thread count), then the last N % 4 one by one */
+        const int quads = isa == ISA_AVX512 ? N / 4 : 0;
+#pragma omp for schedule(static) nowait
+        for (int qd = 0; qd < quads; qd++) {
+            if (!sg) continue;
+            const size_t n = (size_t)qd * 4;
+            float out[4];
+            for (int m = 0; m < M; m++) {
+                dot4x4_avx512(w + n * (K / 2), K / 2, scales + n * ng, zeros + n * ng, ng, &ps[m], K, G, sg, out);
+                for (int r = 0; r < 4; r++) y[(size_t)m * N + n + r] = out[r];
+            }
+        }
 #pragma omp for schedule(static)
-        for (int n = 0; n < N; n++) {
+        for (int n = quads * 4; n < N; n++) {
             if (!sg) continue;
             const uint8_t *wn = w + (size_t)n * (K / 2);
             const uint16_t *sn = scales + (size_t)n * ng, *zn = zeros + (size_t)n * ng;

@@ -1,0 +1,99 @@
+"""Whole-model decode tok/s of one quantized model under two or more kernels, alternating in
+one process (the A/B the kernel choice rests on; cpu_decode.py is the cross-system table).
+
+    python benchmarks/quant_decode_ab.py --model DIR --quant int8 --kernels native,aten --threads 1
+    python benchmarks/quant_decode_ab.py --model DIR --quant bf16 --kernels native,mkldnn,aten
+
+Loads MODEL once with `--quant` (quantized at load), then for `--rounds` rounds runs each
+kernel in turn (OLMO2_QUANT_KERNEL; `native-avx2` = native on its AVX2 path): prefill a
+fixed `--prompt-len` random prompt, then `--tokens` greedy one-token steps through the
+Decoder (static KV cache, eager), timing only the steps. Alternating within one process
+puts every kernel under the same machine load, which on a shared host drifts more between
+processes than the kernels differ. Prints per-round tok/s, each kernel's median, and the
+ratio of each kernel's per-round tok/s to the first kernel's in the same round.
+
+For bf16 both weight copies are kept (the plain weight native/aten read, and oneDNN's
+reordered one): fine for a benchmark, twice the memory of a served model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+
+def set_kernel(kernel: str) -> None:
+    from olmo2.quant import native
+    os.environ["OLMO2_QUANT_KERNEL"] = kernel.split("-")[0]
+    want = "avx2" if kernel == "native-avx2" else ""
+    if os.environ.get("OLMO2_NATIVE_ISA", "") != want:
+        os.environ["OLMO2_NATIVE_ISA"] = want
+        native.reset()
+
+
+@torch.inference_mode()
+def run(model, prompt: torch.Tensor, tokens: int) -> tuple[float, list[int]]:
+    from olmo2.infer.decoder import Decoder
+    dec = Decoder(model, 1, prompt.shape[1] + tokens + 1)
+    logits = dec.start(prompt)
+    out = []
+    t = time.perf_counter()
+    for _ in range(tokens):
+        tok = logits.argmax(-1)
+        out.append(int(tok[0]))
+        logits = dec.step(tok)
+    return tokens / (time.perf_counter() - t), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--quant", required=True, choices=["bf16", "int8", "int4"])
+    ap.add_argument("--kernels", default="native,aten", help="comma list; the first is the ratio's base")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from olmo2.checkpoint import load_model
+    from olmo2.quant import native
+    from olmo2.quant.linear import BF16Linear
+    t = time.perf_counter()
+    model = load_model(args.model, dtype=torch.float32, quant=args.quant).eval()
+    load_s = time.perf_counter() - t
+    if args.quant == "bf16":
+        for m in model.modules():
+            if isinstance(m, BF16Linear) and m._plain_dropped:
+                m.weight_bf16, m._plain_dropped = m._plain(), False
+    kernels = args.kernels.split(",")
+    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"# {cpu}; torch {torch.__version__}; native: {native.isa() or native.reason()}; threads {args.threads}; "
+          f"--quant {args.quant} (load {load_s:.1f} s); {args.tokens} steps after a {args.prompt_len}-token prompt; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    for k in kernels:  # warm-up: packs each kernel's layout, builds the native library
+        set_kernel(k)
+        run(model, prompt, 2)
+    rates: dict[str, list[float]] = {k: [] for k in kernels}
+    toks: dict[str, list[int]] = {}
+    for r in range(args.rounds):
+        for k in kernels:
+            set_kernel(k)
+            rate, toks[k] = run(model, prompt, args.tokens)
+            rates[k].append(rate)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:.2f}" for k in kernels) + " tok/s", flush=True)
+    base = kernels[0]
+    for k in kernels:
+        ratios = [a / b for a, b in zip(rates[k], rates[base])]
+        same = sum(a == b for a, b in zip(toks[k], toks[base]))
+        print(f"{k}: median {statistics.median(rates[k]):.2f} tok/s; vs {base} per round "
+              f"{min(ratios):.2f}-{max(ratios):.2f}x; greedy tokens equal to {base}'s: {same}/{args.tokens}")
+    print(f"# load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
