@@ -302,6 +302,55 @@ __attribute__((target("avx2,fma"))) static float dot4_avx2(const uint8_t *w, con
     return hsum256(acc0) + tail;
 }
 
+/* Four rows at once on AVX2, for the reason given at dot4x4_avx512. */
+__attribute__((target("avx2,fma"))) static void dot4x4_avx2(const uint8_t *w, size_t ldw, const uint16_t *sc,
+                                                            const uint16_t *zr, size_t lds, const xprep4 *p, int K,
+                                                            int G, float *sg, float *out) {
+    const int ng = K / G, L = G / 8, sstride = ng + 16;
+    float tail[4];
+    for (int r = 0; r < 4; r++) {
+        __m256 tv = _mm256_setzero_ps();
+        float t = 0.f;
+        int g = 0;
+        for (; g + 8 <= ng; g += 8) {
+            __m256 s = _mm256_castsi256_ps(
+                _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(sc + r * lds + g))), 16));
+            __m256 z = _mm256_castsi256_ps(
+                _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(zr + r * lds + g))), 16));
+            _mm256_storeu_ps(sg + r * sstride + g, s);
+            tv = _mm256_fmadd_ps(z, _mm256_loadu_ps(p->xsum + g), tv);
+            tv = _mm256_fnmadd_ps(s, _mm256_loadu_ps(p->corr4 + g), tv);
+        }
+        for (; g < ng; g++) {
+            float sv = bf16_to_f32(sc[r * lds + g]);
+            sg[r * sstride + g] = sv;
+            t += -sv * p->corr4[g] + bf16_to_f32(zr[r * lds + g]) * p->xsum[g];
+        }
+        tail[r] = hsum256(tv) + t;
+    }
+    const __m256i lo = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i gidx = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int j = 0; j < K / 2; j += 32) {
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(p->xe + j));
+        const __m256i xo = _mm256_loadu_si256((const __m256i *)(p->xo + j));
+        const int l0 = j / 4, g0 = l0 / L;
+        const __m256 l4 = _mm256_loadu_ps(p->lane4 + l0);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(w + r * ldw + j));
+            __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b, lo), xe),
+                                           _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), lo), xo));
+            __m256i d = _mm256_madd_epi16(s16, ones);
+            const float *sr = sg + r * sstride;
+            __m256 s = L >= 8 ? _mm256_set1_ps(sr[g0])
+                              : _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sr + g0)), gidx);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, l4), acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum256(acc[r]) + tail[r];
+}
+
 /* ---------------------------------------------------------------------------------------
  * bf16: fp32 activations, weight widened by a shift, fp32 FMA.
  * ------------------------------------------------------------------------------------- */
@@ -432,16 +481,19 @@ int olmo2_int4_mm(int isa, int nthreads, const float *x, int M, int K, const uin
 #pragma omp atomic write
             err = -2;
         }
-        /* AVX-512: rows in quads (the split depends on N only, so results do not depend on
-         * the thread count), then the last N % 4 one by one */
-        const int quads = isa == ISA_AVX512 ? N / 4 : 0;
+        /* rows in quads (the split depends on N only, so results do not depend on the
+         * thread count), then the last N % 4 one by one */
+        const int quads = N / 4;
 #pragma omp for schedule(static) nowait
         for (int qd = 0; qd < quads; qd++) {
             if (!sg) continue;
             const size_t n = (size_t)qd * 4;
             float out[4];
             for (int m = 0; m < M; m++) {
-                dot4x4_avx512(w + n * (K / 2), K / 2, scales + n * ng, zeros + n * ng, ng, &ps[m], K, G, sg, out);
+                if (isa == ISA_AVX512)
+                    dot4x4_avx512(w + n * (K / 2), K / 2, scales + n * ng, zeros + n * ng, ng, &ps[m], K, G, sg, out);
+                else
+                    dot4x4_avx2(w + n * (K / 2), K / 2, scales + n * ng, zeros + n * ng, ng, &ps[m], K, G, sg, out);
                 for (int r = 0; r < 4; r++) y[(size_t)m * N + n + r] = out[r];
             }
         }
