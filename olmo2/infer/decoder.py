@@ -76,6 +76,14 @@ class _SlotView:
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _decodes_int8_on_aten(model) -> bool:
+    """Whether some int8 linear of `model` decodes on aten's int8 kernel (olmo2/quant/kernels.py)."""
+    from olmo2.quant.kernels import choose
+    from olmo2.quant.linear import Int8Linear
+    return any(isinstance(m, Int8Linear) and choose("int8", "decode", m.native_fits()) == "aten"
+               for m in model.modules())
+
+
 def compiled_step(model):
     """`_step` compiled for this model (Inductor, freezing on, FX graph cache off).
 
@@ -90,11 +98,13 @@ def compiled_step(model):
                 m.keep_plain()
         own = types.FunctionType(_step.__code__.replace(), _step.__globals__, f"_step_{id(model):x}")
         opts = {"freezing": True, "fx_graph_cache": False}
-        if any(getattr(m, "fmt", "") == "int8" for m in model.modules()):
+        if _decodes_int8_on_aten(model):
             # int8 weights: max-autotune lets Inductor pick its C++ weight-only int8 micro-GEMM
             # for the aten int8 matmul; measured 1.37x the eager step on the 1B (357 vs 491 ms
             # per token, 1 thread). For bf16 and int4 the compiled step was slower than eager
             # (414 vs 304 and 211 vs 136 ms), so they get no autotuning (and gain nothing).
+            # Linears on olmo2's native kernel are opaque custom ops to Inductor: autotuning
+            # them would only cost compile time.
             opts["max_autotune"] = True
         fn = torch.compile(own, dynamic=False, options=opts)
         _COMPILED[model] = fn

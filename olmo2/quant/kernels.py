@@ -35,9 +35,11 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   top-1 agreement. The native int8/int4 kernels quantize the activation per block of 32
   columns (llama.cpp's Q8_0 scheme: top-1 agreement stays >= 99%) and multiply int8 x int8
   with vpdpbusd / vpmaddubsw, streaming the canonical weights as stored (no packed copy).
-  Decode only under `auto`: at prefill (many rows) aten/fbgemm/oneDNN reuse each weight
-  load across rows and win. A shape it does not take (K not a multiple of its block) or a
-  machine where it did not build keeps the choice below.
+  Under `auto` it runs decode, plus int4 prefill on AVX-512 (faster than aten's int4 there,
+  and no packed copy); other prefill stays on aten/fbgemm/oneDNN, which reuse each weight
+  load across rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
+  A shape it does not take (K not a multiple of its block) or a machine where it did not
+  build keeps the choice below.
 - The reference path materialises the dequantized weight per call: slow, but it runs on
   any CPU and any PyTorch build, and it is what the tests compare every kernel against.
 """
@@ -142,6 +144,11 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
     if want == "mkldnn":
         return "mkldnn" if fmt == "bf16" and mkldnn_available() else "reference"
     # auto: the measured winners (benchmarks/RESULTS.md, "Quantized kernels").
+    if fmt == "int4" and native_ok and kind.avx512:
+        # int4 prefill too: at 128 rows the native kernel did 105 GFLOP/s vs aten's 69 (1
+        # thread, same run, benchmarks/RESULTS.md), and then aten's packed copy of the
+        # weights is never built: an int4 model holds one copy instead of two.
+        return "native"
     if phase == "decode" and native_ok and not (fmt == "bf16" and kind.bf16 and mkldnn_available()):
         # bf16 on a CPU with bf16 dot products keeps oneDNN in both phases: its prefill
         # needs the reordered copy, and a second (plain) copy for our decode would double
