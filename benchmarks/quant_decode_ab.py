@@ -35,17 +35,17 @@ def set_kernel(kernel: str) -> None:
 
 
 @torch.inference_mode()
-def run(model, prompt: torch.Tensor, tokens: int) -> tuple[float, list[int]]:
+def run(model, prompt: torch.Tensor, tokens: int) -> tuple[float, float, list[int]]:
     from olmo2.infer.decoder import Decoder
     dec = Decoder(model, 1, prompt.shape[1] + tokens + 1)
     logits = dec.start(prompt)
     out = []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(tokens):
         tok = logits.argmax(-1)
         out.append(int(tok[0]))
         logits = dec.step(tok)
-    return tokens / (time.perf_counter() - t), out
+    return tokens / (time.perf_counter() - t), tokens / (time.process_time() - c), out
 
 
 def main() -> None:
@@ -78,20 +78,28 @@ def main() -> None:
     for k in kernels:  # warm-up: packs each kernel's layout, builds the native library
         set_kernel(k)
         run(model, prompt, 2)
+    # tok/s of wall time, and tokens per CPU-second of this process: at 1 thread the latter
+    # leaves out the time the OS gave the core to other jobs, the steadier figure on a
+    # shared host (memory-bandwidth contention still shows in both)
     rates: dict[str, list[float]] = {k: [] for k in kernels}
+    cpu: dict[str, list[float]] = {k: [] for k in kernels}
     toks: dict[str, list[int]] = {}
     for r in range(args.rounds):
         for k in kernels:
             set_kernel(k)
-            rate, toks[k] = run(model, prompt, args.tokens)
+            rate, crate, toks[k] = run(model, prompt, args.tokens)
             rates[k].append(rate)
-        print(f"round {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:.2f}" for k in kernels) + " tok/s", flush=True)
+            cpu[k].append(crate)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:.2f} ({cpu[k][-1]:.2f}/CPU-s)" for k in kernels)
+              + " tok/s", flush=True)
     base = kernels[0]
     for k in kernels:
         ratios = [a / b for a, b in zip(rates[k], rates[base])]
+        cratios = [a / b for a, b in zip(cpu[k], cpu[base])]
         same = sum(a == b for a, b in zip(toks[k], toks[base]))
-        print(f"{k}: median {statistics.median(rates[k]):.2f} tok/s; vs {base} per round "
-              f"{min(ratios):.2f}-{max(ratios):.2f}x; greedy tokens equal to {base}'s: {same}/{args.tokens}")
+        print(f"{k}: median {statistics.median(rates[k]):.2f} tok/s ({statistics.median(cpu[k]):.2f} per CPU-s); "
+              f"vs {base} per round {min(ratios):.2f}-{max(ratios):.2f}x (per CPU-s "
+              f"{min(cratios):.2f}-{max(cratios):.2f}x); greedy tokens equal to {base}'s: {same}/{args.tokens}")
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")
 
 

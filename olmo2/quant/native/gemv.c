@@ -255,6 +255,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static void 
         const __m512 l4 = _mm512_loadu_ps(p->lane4 + l0);
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
+            /* the four rows are one 4 KiB block read as four interleaved streams, which the
+             * hardware prefetcher does not follow: fetch the next quad's line explicitly */
+            _mm_prefetch((const char *)(w + (r + 4) * ldw + j), _MM_HINT_T0);
             __m512i b = _mm512_loadu_si512((const void *)(w + r * ldw + j));
             __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b, lo), xe);
             d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(b, 4), lo), xo);
@@ -338,6 +341,7 @@ __attribute__((target("avx2,fma"))) static void dot4x4_avx2(const uint8_t *w, si
         const __m256 l4 = _mm256_loadu_ps(p->lane4 + l0);
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
+            if (!(j & 63)) _mm_prefetch((const char *)(w + (r + 4) * ldw + j), _MM_HINT_T0); /* see dot4x4_avx512 */
             __m256i b = _mm256_loadu_si256((const __m256i *)(w + r * ldw + j));
             __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(b, lo), xe),
                                            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(b, 4), lo), xo));
