@@ -187,6 +187,7 @@ def test_linears_use_it_for_decode_and_match(monkeypatch):
     assert lin(_x(1, 96)).shape == (1, 8)
     b = BF16Linear.from_float(w)
     assert torch.allclose(b(x), x @ b.weight_bf16.float().T, rtol=1e-5, atol=1e-5)
+    assert b(x[:0]).shape == (0, 64) and Int8Linear.from_float(w)(x[:0]).shape == (0, 64)
 
 
 def test_compiles_to_one_graph(monkeypatch):

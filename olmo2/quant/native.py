@@ -182,6 +182,8 @@ def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     x = _x32(x)
     M, K = x.shape
     y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    if M == 0:  # an empty batch: nothing to compute (the C entry points refuse M = 0)
+        return y
     _check(lib.olmo2_int8_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
                              _ptr(w), _ptr(s), w.shape[0], _ptr(y)), "int8")
     return y
@@ -192,6 +194,8 @@ def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, gr
     x = _x32(x)
     M, K = x.shape
     y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    if M == 0:  # an empty batch: nothing to compute (the C entry points refuse M = 0)
+        return y
     _check(lib.olmo2_int4_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
                              _ptr(w), _ptr(s), _ptr(z), group_size, w.shape[0],
                              _ptr(y)), "int4")
@@ -203,6 +207,8 @@ def _bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     x = _x32(x)
     M, K = x.shape
     y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    if M == 0:  # an empty batch: nothing to compute (the C entry points refuse M = 0)
+        return y
     _check(lib.olmo2_bf16_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
                              _ptr(w), w.shape[0], _ptr(y)), "bf16")
     return y
