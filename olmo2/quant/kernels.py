@@ -111,18 +111,28 @@ def mkldnn_available() -> bool:
 
 
 def requested() -> str:
-    """The kernel the environment asks for; an unknown value is a one-line error."""
-    from olmo2.errors import ConfigError
-    v = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    """The kernel the environment asks for; an unknown value is a one-line error.
+    (Read on every quantized linear call, so that benchmarks can switch kernels in one
+    process: the imports stay off this path, they cost as much as the rest of it.)"""
+    v = os.environ.get(ENV, "auto")
+    if v in KERNELS:
+        return v
+    v = v.strip().lower() or "auto"
     if v not in KERNELS:
+        from olmo2.errors import ConfigError
         raise ConfigError(f"{ENV}={v!r}: use one of {', '.join(KERNELS)}")
     return v
 
 
 def native_available() -> bool:
     """olmo2's own kernels built and loaded for this CPU (olmo2/quant/native.py)."""
-    from olmo2.quant import native
-    return native.available()
+    return _native_module().available()
+
+
+@functools.lru_cache(maxsize=1)
+def _native_module():
+    from olmo2.quant import native  # lazily: native imports torch.library machinery
+    return native
 
 
 def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
