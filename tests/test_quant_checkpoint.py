@@ -244,3 +244,41 @@ def test_on_the_fly_load_releases_each_float_weight(float_ckpt, monkeypatch):
     ids = torch.tensor([[1, 5, 9, 200]])
     with torch.no_grad():
         assert torch.equal(m(ids), ref(ids))
+
+
+def test_quality_report_scores_the_decode_kernel_where_it_differs(float_ckpt, monkeypatch):
+    """Generation runs each linear's decode kernel (olmo2's native int8 quantizes activations),
+    scoring runs the prefill one: the report adds a decode row, over the same tokens, exactly
+    when the two differ, and that row's KL is the formula's with the decode kernel forced."""
+    import torch.nn.functional as F
+
+    from olmo2.checkpoint import load_model
+    from olmo2.eval.valset import Passage
+    from olmo2.quant.kernels import choose, forced
+    from olmo2.quant.report import quality_report, report_markdown
+    from olmo2.tokenizer import Tokenizer
+    monkeypatch.delenv("OLMO2_QUANT_KERNEL", raising=False)
+    tok = Tokenizer.from_pretrained(float_ckpt)
+    # passages long enough that a forward has >= PREFILL_ROWS rows (else both rows decode)
+    texts = ["the cat sat on the mat and the dog sat on the log by the door of the old house",
+             "a dog ran to the park and a cat ran after it down the long road home again"]
+    passages = [Passage("s", "d", i, t) for i, t in enumerate(texts)]
+    rows = quality_report(float_ckpt, ["int8"], passages, tok, progress=False)
+    dec, pre = choose("int8", "decode"), choose("int8", "prefill")
+    assert [(r.precision, r.phase) for r in rows[1:]] == [("int8", "prefill")] + ([("int8", "decode")] if dec != pre else [])
+    if dec == pre:
+        return
+    row = rows[2]
+    assert row.kernel == dec and f"| int8 | {dec} (decode) |" in report_markdown(rows)
+    m_bf, m_8 = load_model(float_ckpt, quant="bf16"), load_model(float_ckpt, quant="int8")
+    kl, n = 0.0, 0
+    for p in passages:
+        seq = [tok.eos_id] + tok.encode(p.text)
+        x = torch.tensor([seq[:-1]])
+        lb = F.log_softmax(m_bf(x)[0].float(), -1)
+        with forced(dec):
+            l8 = F.log_softmax(m_8(x)[0].float(), -1)
+        kl += float((lb.exp() * (lb - l8)).sum())
+        n += len(seq) - 1
+    assert abs(row.mean_kl - kl / n) <= 1e-4 * max(1e-6, kl / n) + 1e-9
+    assert abs(rows[1].mean_kl - kl / n) > 1e-3 * kl / n  # the prefill row is another kernel's

@@ -45,6 +45,7 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -182,6 +183,21 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
             return "reference"
         return "mkldnn" if mkldnn_available() else "aten"
     raise ValueError(f"unknown quantized format {fmt!r}")
+
+
+@contextlib.contextmanager
+def forced(kernel: str):
+    """Run every quantized linear with `kernel` inside the block (the env override, set and
+    restored), whatever the row count: e.g. to score whole sequences with the decode kernel."""
+    old = os.environ.get(ENV)
+    os.environ[ENV] = kernel
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
 
 
 def phase_of(rows: int) -> str:

@@ -23,6 +23,7 @@ format; the kernels are those this CPU picks (olmo2/quant/kernels.py), which the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -45,6 +46,8 @@ class QualityRow:
     dnll_ci95: tuple[float, float]  # mean per-token NLL difference vs bf16, 95% interval (nats)
     mean_kl: float              # nats
     top1_agreement: float       # share in [0, 1]
+    phase: str = "prefill"      # the kernel's phase: whole sequences run the prefill kernel;
+                                # "decode" rows force the decode kernel over the same tokens
 
 
 def demo_passages(val_jsonl: str | Path | None = None, train_jsonl: str | Path | None = None):
@@ -80,17 +83,24 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     """Rows for bf16 and each of `precisions` (int8, int4, or QuantConfig-style modes)."""
     from olmo2.checkpoint import load_model
     from olmo2.progress import Progress
-    from olmo2.quant.kernels import choose
+    from olmo2.quant.kernels import choose, forced
     base = load_model(model_dir, dtype=torch.float32, quant="bf16")
     models = {p: load_model(model_dir, dtype=torch.float32, quant=p) for p in precisions}
+    # Scoring whole sequences runs each linear's prefill kernel; generation runs its decode
+    # kernel one token at a time, and the two can differ in numerics (olmo2's own int8/int4
+    # decode kernels quantize the activations per 32 columns). Where they differ the same
+    # tokens are scored again with the decode kernel forced, so the table covers both.
+    runs = [(p, "prefill", None) for p in precisions]
+    runs += [(p, "decode", choose(p, "decode")) for p in precisions
+             if p in ("int8", "int4", "bf16") and choose(p, "decode") != choose(p, "prefill")]
     max_len = min(max_len or base.config.max_seq_len, base.config.max_seq_len) - 1
     wins = sorted(_windows(tokenizer, passages, max_len), key=len)
     if not wins:
         raise DataError("quality report: no tokens to score (empty validation text)")
     BASE = "_base"  # not "bf16": bf16 may also be asked for as a precision (the control row)
-    nll = {n: [] for n in [BASE, *precisions]}
-    kl = {n: 0.0 for n in precisions}
-    agree = {n: 0 for n in precisions}
+    nll = {r: [] for r in [BASE, *runs]}
+    kl = {r: 0.0 for r in runs}
+    agree = {r: 0 for r in runs}
     n_tok = 0
     bar = Progress(len(wins), "quality report", unit="windows") if progress else None
     for i in range(0, len(wins), batch_size):
@@ -106,11 +116,12 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
         lp_base = F.log_softmax(base(ids).float(), dim=-1)[mask]          # [tokens, vocab]
         nll[BASE].append(-lp_base.gather(1, t[:, None])[:, 0])
         top_base = lp_base.argmax(-1)
-        for n, m in models.items():
-            lp = F.log_softmax(m(ids).float(), dim=-1)[mask]
-            nll[n].append(-lp.gather(1, t[:, None])[:, 0])
-            kl[n] += float((lp_base.exp() * (lp_base - lp)).sum())
-            agree[n] += int((lp.argmax(-1) == top_base).sum())
+        for run in runs:
+            with forced(run[2]) if run[2] else contextlib.nullcontext():
+                lp = F.log_softmax(models[run[0]](ids).float(), dim=-1)[mask]
+            nll[run].append(-lp.gather(1, t[:, None])[:, 0])
+            kl[run] += float((lp_base.exp() * (lp_base - lp)).sum())
+            agree[run] += int((lp.argmax(-1) == top_base).sum())
         n_tok += int(mask.sum())
         if bar:
             bar.update(len(chunk))
@@ -119,12 +130,14 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     per_tok = {n: torch.cat(v).double() for n, v in nll.items()}
     ppl_base = math.exp(float(per_tok[BASE].mean()))
     rows = [QualityRow("bf16", choose("bf16", "prefill"), n_tok, ppl_base, 1.0, (0.0, 0.0), 0.0, 1.0)]
-    for n in precisions:
-        d = per_tok[n] - per_tok[BASE]
+    for run in runs:
+        p, phase, kernel = run
+        d = per_tok[run] - per_tok[BASE]
         half = 1.96 * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-        ppl = math.exp(float(per_tok[n].mean()))
-        rows.append(QualityRow(n, choose(n, "prefill"), n_tok, ppl, ppl / ppl_base,
-                               (float(d.mean()) - half, float(d.mean()) + half), kl[n] / n_tok, agree[n] / n_tok))
+        ppl = math.exp(float(per_tok[run].mean()))
+        rows.append(QualityRow(p, kernel or choose(p, "prefill"), n_tok, ppl, ppl / ppl_base,
+                               (float(d.mean()) - half, float(d.mean()) + half), kl[run] / n_tok,
+                               agree[run] / n_tok, phase))
     return rows
 
 
@@ -132,17 +145,17 @@ def report_markdown(rows: list[QualityRow], title: str = "Quantization quality v
     """The rows as a Markdown table with the goals (int8: top-1 ≥ 99%, ppl within 1%; int4: 5%)."""
     goals = {"int8": (0.99, 0.01), "int4": (0.99, 0.05)}
     lines = [f"## {title}", "",
-             "| weights | kernel (prefill) | tokens | ppl | ppl / bf16 | Δ NLL/token (95% CI, nats) | mean KL (nats) | top-1 agree |",
+             "| weights | kernel (phase) | tokens | ppl | ppl / bf16 | Δ NLL/token (95% CI, nats) | mean KL (nats) | top-1 agree |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.precision} | {r.kernel} | {r.tokens} | {r.ppl:.4f} | {r.ppl_ratio:.4f} | "
+        lines.append(f"| {r.precision} | {r.kernel} ({r.phase}) | {r.tokens} | {r.ppl:.4f} | {r.ppl_ratio:.4f} | "
                      f"[{r.dnll_ci95[0]:+.5f}, {r.dnll_ci95[1]:+.5f}] | {r.mean_kl:.5f} | {100 * r.top1_agreement:.2f}% |")
     lines.append("")
     for r in rows:
         if r.precision in goals:
             top1, ppl_tol = goals[r.precision]
             ok = abs(r.ppl_ratio - 1) <= ppl_tol
-            lines.append(f"- {r.precision}: ppl within {100 * ppl_tol:.0f}% of bf16: {'yes' if ok else 'NO'} "
+            lines.append(f"- {r.precision}, {r.kernel} ({r.phase}): ppl within {100 * ppl_tol:.0f}% of bf16: {'yes' if ok else 'NO'} "
                          f"({100 * (r.ppl_ratio - 1):+.2f}%)"
                          + (f"; top-1 ≥ {100 * top1:.0f}%: {'yes' if r.top1_agreement >= top1 else 'NO'}"
                             if r.precision == "int8" else ""))
