@@ -72,7 +72,9 @@ def test_ground_truth_must_be_a_number():
                                         "end_phrase": "Any other questions?"}, True),
     ('"quoted"', {"instruction_id": "startend:quotation"}, True),
     ("The cat sat", {"instruction_id": "keywords:existence", "keywords": ["cat", "sat"]}, True),
-    ("The category", {"instruction_id": "keywords:existence", "keywords": ["cat"]}, False),  # whole words
+    ("The category", {"instruction_id": "keywords:existence", "keywords": ["cat"]}, True),  # IFEval: substring
+    ("The Cat", {"instruction_id": "keywords:existence", "keywords": ["cat", "dog"]}, False),
+    ("a category", {"instruction_id": "keywords:forbidden_words", "forbidden_words": ["cat"]}, True),  # \\b here
     ("a dog", {"instruction_id": "keywords:forbidden_words", "forbidden_words": ["cat"]}, True),
     ("* a\n* b\n- c", {"instruction_id": "detectable_format:number_bullet_lists", "num_bullets": 3}, True),
     ("* a\n* b", {"instruction_id": "detectable_format:number_bullet_lists", "num_bullets": 3}, False),
@@ -80,6 +82,51 @@ def test_ground_truth_must_be_a_number():
     ("{a: 1}", {"instruction_id": "detectable_format:json_format"}, False),
 ])
 def test_constraints(text, constraint, ok):
+    assert check_constraint(text, constraint) is ok
+
+
+LOW, CAP = {"instruction_id": "change_case:english_lowercase"}, {"instruction_id": "change_case:english_capital"}
+END = {"instruction_id": "startend:end_checker", "end_phrase": "Is there anything else?"}
+QUOTE = {"instruction_id": "startend:quotation"}
+
+
+def _words(rel, n):
+    return {"instruction_id": "length_constraints:number_words", "relation": rel, "num_words": n}
+
+
+def _freq(word, rel, n):
+    return {"instruction_id": "keywords:frequency", "keyword": word, "relation": rel, "frequency": n}
+
+
+@pytest.mark.parametrize("text, constraint, ok", [
+    # case: str.islower/isupper as IFEval: digits and punctuation are caseless, one cased letter needed
+    ("1 + 2 = 3. so the answer is 3.", LOW, True),
+    ("1 + 2 = 3. So the answer is 3.", LOW, False),
+    ("123 = 123.", LOW, False), ("", LOW, False), ("   ", CAP, False),
+    ("1 + 2 = 3. SO THE ANSWER IS 3.\n", CAP, True),
+    ("SO THE ANSWEr IS 3", CAP, False),
+    ("ÉTÉ À PARIS", CAP, True),                       # non-ASCII capitals count
+    # end phrase: surrounding whitespace, a closing quote, case are ignored; the phrase must be last
+    ("So the answer is 3. is there anything ELSE?  \n", END, True),
+    ('"So the answer is 3. Is there anything else?"', END, True),
+    ("So the answer is 3. Is there anything else? Bye.", END, False),
+    ("So the answer is 3. Is there anything else", END, False),   # punctuation is part of the phrase
+    ("", END, False),
+    # quotes: after stripping whitespace, a double quote at each end, and more than one character
+    ('  "So the answer is 3."\n', QUOTE, True), ('"', QUOTE, False), ("'single'", QUOTE, False),
+    ('"opened only', QUOTE, False), ("", QUOTE, False),
+    # words are \w+ runs (IFEval's count_words): "don't" is 2, "3 + 4 = 7" is 3, punctuation 0
+    ("don't", _words("at least", 2), True),
+    ("3 + 4 = 7.", _words("less than", 4), True), ("3 + 4 = 7. ok", _words("less than", 4), False),
+    ("", _words("less than", 1), True), ("...!", _words("at least", 1), False),
+    # keyword frequency: case-insensitive substring count
+    ("Apple, apple pie and APPLES", _freq("apple", "at least", 3), True),
+    ("Apple, apple pie", _freq("apple", "at least", 3), False),
+    ("an apple", _freq("apple", "less than", 2), True),
+    ("no commas at all.", {"instruction_id": "punctuation:no_comma"}, True),
+    ("", {"instruction_id": "punctuation:no_comma"}, True),
+])
+def test_constraint_edge_cases(text, constraint, ok):
     assert check_constraint(text, constraint) is ok
 
 

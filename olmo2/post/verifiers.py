@@ -23,9 +23,23 @@ from open-instruct (which compares the last regex match as a *string*):
 
 IFEval-style constraints: a constraint is a dict with `instruction_id` (IFEval's names)
 and its arguments; `ifeval_reward` rewards only when EVERY constraint of a list holds
-(IFEval's strict "prompt-level" accuracy). Checked kinds: see `CONSTRAINTS`. Words are
-counted as runs of letters/digits/apostrophes (IFEval uses nltk's tokenizer; counts agree
-on plain prose, differ on hyphenated words).
+(IFEval's strict "prompt-level" accuracy). Checked kinds: see `CONSTRAINTS`. Each checker
+follows the `check_following` of google-research/instruction_following_eval
+(instructions.py, instructions_util.py; read 2026-11-29, our own code):
+- `english_lowercase` / `english_capital`: `str.islower()` / `str.isupper()`, so a reply
+  needs at least one cased letter ("123" and "" fail both); IFEval also asks langdetect for
+  English, which we do not (no model dependency for a case check);
+- `number_words`: words are `\\w+` runs, as IFEval's `count_words` (nltk's RegexpTokenizer
+  `\\w+`): "don't" is two words, "3 + 4 = 7" three;
+- `end_checker`: the reply stripped of whitespace and then of double quotes, lower-cased,
+  ends with the phrase (stripped, lower-cased);
+- `keywords:existence` / `keywords:frequency`: case-insensitive *substring* matches, as
+  IFEval's `re.search(keyword, ...)` (so "cat" is found in "category"; the keyword is
+  escaped, IFEval's is a raw pattern: same on plain words); `forbidden_words` alone uses
+  word boundaries `\\b...\\b`, as IFEval does;
+- `quotation`: stripped reply of length > 1 that starts and ends with `"`;
+- `number_sentences`: split after `.`/`!`/`?` + whitespace (IFEval uses nltk's punkt model;
+  counts agree on plain prose, differ on abbreviations).
 """
 from __future__ import annotations
 
@@ -79,7 +93,7 @@ def gsm8k_reward(completion: str, truth: str | int | float) -> float:
 
 
 # ---- IFEval-style constraints ---------------------------------------------------------
-_WORD = re.compile(r"[A-Za-z0-9']+")
+_WORD = re.compile(r"\w+")
 
 
 def _relation(count: int, relation: str, n: int) -> bool:
@@ -92,19 +106,24 @@ def _relation(count: int, relation: str, n: int) -> bool:
 
 
 def _lowercase(text: str, **_) -> bool:
-    return text == text.lower()
+    return text.islower()
 
 
 def _uppercase(text: str, **_) -> bool:
-    return text == text.upper()
+    return text.isupper()
 
 
 def _no_comma(text: str, **_) -> bool:
     return "," not in text
 
 
+def count_words(text: str) -> int:
+    """Words as IFEval counts them: runs of `\\w` characters."""
+    return len(_WORD.findall(text))
+
+
 def _number_words(text: str, relation: str, num_words: int, **_) -> bool:
-    return _relation(len(_WORD.findall(text)), relation, int(num_words))
+    return _relation(count_words(text), relation, int(num_words))
 
 
 def _number_sentences(text: str, relation: str, num_sentences: int, **_) -> bool:
@@ -113,12 +132,15 @@ def _number_sentences(text: str, relation: str, num_sentences: int, **_) -> bool
 
 
 def _end_checker(text: str, end_phrase: str, **_) -> bool:
-    return text.strip().lower().endswith(end_phrase.strip().lower())
+    return text.strip().strip('"').lower().endswith(end_phrase.strip().lower())
 
 
 def _keywords_existence(text: str, keywords: list[str], **_) -> bool:
-    low = text.lower()
-    return all(re.search(r"\b" + re.escape(k.lower()) + r"\b", low) for k in keywords)
+    return all(re.search(re.escape(k), text, flags=re.IGNORECASE) for k in keywords)
+
+
+def _keyword_frequency(text: str, keyword: str, frequency: int, relation: str, **_) -> bool:
+    return _relation(len(re.findall(re.escape(keyword.strip()), text, flags=re.IGNORECASE)), relation, int(frequency))
 
 
 def _forbidden_words(text: str, forbidden_words: list[str], **_) -> bool:
@@ -157,6 +179,7 @@ CONSTRAINTS: dict[str, Callable[..., bool]] = {
     "startend:end_checker": _end_checker,
     "startend:quotation": _quotation,
     "keywords:existence": _keywords_existence,
+    "keywords:frequency": _keyword_frequency,
     "keywords:forbidden_words": _forbidden_words,
     "detectable_format:number_bullet_lists": _bullet_lists,
     "detectable_format:json_format": _json_format,
