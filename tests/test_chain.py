@@ -145,6 +145,37 @@ def test_stage_checks_pass_and_fail_from_the_figures():
     assert "| RLVR |" in text and "FAIL" in text and text.count("PASS") == 4 and "- a note" in text
 
 
+def test_constraint_checks_use_every_pair_and_the_reward_mix():
+    """SFT gets a constraint-following check; DPO's accuracy and margin are over arithmetic + constraint
+    pairs together (the arithmetic pairs alone do not move here, the constraint pairs do); RLVR's reward is
+    the whole prompt mix, and the table shows each part apart."""
+    n = 100
+    def ev(hits, follow, lp_a, lp_c, reward):
+        return {"hits": hits, "clean": hits, "follow": follow, "follow_by_kind": {"lowercase": sum(follow) / n},
+                "pref_logps": lp_a, "pref_logps_c": lp_c, "reward": reward, "reward_n_arith": n // 2, "arith": {"n": n}}
+    flat = [(-1.0, -1.0 + 0.1)] * n                      # arithmetic pairs: chosen below rejected, unchanged
+    base = ev([0] * n, [0] * n, flat, [(-2.0, -1.0)] * n, [0.0] * n)
+    sft = ev([1] * n, [1] * (n // 2) + [0] * (n // 2), flat, [(-2.0, -1.0)] * n, [1.0] * n)
+    dpo = ev([1] * n, sft["follow"], flat, [(-0.5, -3.0)] * n, [1.0] * n)
+    rlvr = ev([1] * n, sft["follow"], flat, dpo["pref_logps_c"], [1.0] * (n // 2) + [6.0] * (n // 2))
+    evals = {"base": base, "sft": sft, "dpo": dpo, "rlvr": rlvr}
+    checks = stage_checks(evals, ChainSpec(n_boot=300))
+    assert [c.claim.split()[0] for c in checks if c.stage == "SFT"] == ["chat-format", "held-out", "held-out"]
+    assert "constraint following" in checks[2].claim
+    assert all(c.passed for c in checks), checks
+    dpo_acc = next(c for c in checks if c.stage == "DPO" and "accuracy" in c.claim)
+    assert dpo_acc.figure.startswith("+50.0")             # 0 of n arithmetic + n of n constraint pairs flip: +50 points
+    margin = next(c for c in checks if "margin" in c.claim)
+    want = 5.0 * (((-1.0 + 1.0) - (-0.9 + 0.9)) * n + ((-0.5 + 2.0) - (-3.0 + 1.0)) * n) / (2 * n)
+    assert margin.figure.startswith(f"{want:+.3f}")
+    assert checks[-1].figure.startswith("+2.50")           # (0 × 50 + 5 × 50) / 100
+    text = chain_section(evals, checks, ChainSpec(n_boot=300), [])
+    row = next(line for line in text.splitlines() if line.startswith("| rlvr |"))
+    assert "| 0.0% [" in row and "| 100.0% [" in row and "| 50.0% [" in row       # arithmetic / constraint / all pairs
+    assert "| 1.00 [1.00, 1.00] | 6.00 [6.00, 6.00] |" in row                      # reward by part
+    assert "constraint following by kind" in text
+
+
 def test_replicate_from_run_errors_are_one_line(tmp_path):
     olmo2 = [sys.executable, "-m", "olmo2"]
     r = subprocess.run(olmo2 + ["replicate", "--through", "instruct", "--from-run", str(tmp_path)],
@@ -172,15 +203,21 @@ def test_chain_through_sft_end_to_end(tiny, tmp_path):
     from olmo2.post.demo_data import InstructDataSpec
     model, tok = tiny
     base = save_model(model, tmp_path / "base", tokenizer=tok)
-    spec = ChainSpec(data=InstructDataSpec(sft_arith=200, sft_qa=0, dpo_pairs=6, rlvr_prompts=6, heldout_dpo=8),
+    spec = ChainSpec(data=InstructDataSpec(sft_arith=200, sft_qa=0, dpo_pairs=6, rlvr_prompts=6, heldout_dpo=8,
+                                           sft_constraint=20, dpo_constraint=4, rlvr_constraint=4, heldout_constraint=6,
+                                           heldout_dpo_constraint=6),
                      heldout=8, pref_pairs=8, reward_prompts=4, reward_samples=2, max_new_tokens=8, n_boot=100,
+                     constraint_heldout=6, constraint_pairs=6, reward_prompts_constraint=3,
                      overrides={"sft": ("sft.epochs=1", "train.seq_len=128", "train.progress=false")})
     res = run_chain(base, tmp_path / "run", spec, through="sft")
     assert list(res.models) == ["base", "sft"] and (res.models["sft"] / "config.json").exists()
-    assert [c.stage for c in res.checks] == ["SFT", "SFT"]
+    assert [c.stage for c in res.checks] == ["SFT", "SFT", "SFT"]
+    assert len(res.evals["sft"]["follow"]) == 6 and len(res.evals["sft"]["pref_logps_c"]) == 6
+    assert len(res.evals["sft"]["reward"]) == 4 + 3 and res.evals["sft"]["reward_n_arith"] == 4
     report = (tmp_path / "run" / "report.md").read_text()
     assert SECTION in report and "| sft |" in report and ("PASS" in report or "FAIL" in report)
     saved = json.loads((tmp_path / "run" / "post" / "chain.json").read_text())
     assert set(saved["evals"]) == {"base", "sft"} and saved["evals"]["sft"]["arith"]["n"] == 8
+    assert set(saved["evals"]["sft"]["reward_mean_by_part"]) == {"arithmetic", "constrained"}
     again = run_chain(base, tmp_path / "run", spec, through="sft")      # reuses sft/hf, replaces the section
     assert (tmp_path / "run" / "report.md").read_text().count(SECTION) == 1 and again.models == res.models

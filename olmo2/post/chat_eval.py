@@ -22,8 +22,14 @@ The measures (one per stage, plus the ones a stage must not break):
   EOS, on the tokens DPO trains on: `preference_logps`); *preference accuracy* is the share with
   chosen > rejected, and the DPO model's implicit reward margin is β·[(c − c_ref) − (r − r_ref)]
   with the SFT model as reference (`dpo_norm`'s averaged log-probs).
-- **RLVR**: the mean verifiable reward (10 per correct reply, else 0) of `samples` replies per
-  held-out prompt sampled at temperature 1 (the recipe's rollout temperature), seeded.
+- **Constraints** (`constraint_following`): greedy chat replies to held-out IFEval-style
+  prompts (`heldout_ifeval.jsonl`), followed when `olmo2.post.verifiers.ifeval_reward`
+  accepts the text before EOS (every constraint of the prompt: IFEval's strict prompt-level
+  accuracy). A reply that never ends is scored as it stands at the budget.
+- **RLVR**: the mean verifiable reward (10 per verified reply, else 0) of `samples` replies per
+  held-out prompt sampled at temperature 1 (the recipe's rollout temperature), seeded; a
+  prompt is an arithmetic problem ({question, answer}: last number) or a constrained one
+  ({question, dataset "ifeval", ground_truth}: the constraint alone), as RLVR rewards them.
 
 Intervals: Wilson for a single rate; for a before/after difference on the same items the
 paired percentile bootstrap over items (`paired_diff`), so item difficulty cancels.
@@ -102,14 +108,30 @@ def chat_arithmetic(model, tok, problems: list[dict], max_new_tokens: int = 48, 
     return ChatArith([t for t, _ in res], hits, clean, [int(e) for _, e in res])
 
 
+def item_reward(item: dict, text: str) -> float:
+    """RLVR's reward of a reply to a held-out item: its `dataset`'s verifier on `ground_truth`,
+    or for a plain arithmetic problem the last number against `answer`."""
+    from olmo2.post.verifiers import reward
+    if "dataset" in item:
+        return reward(item["dataset"], text, item["ground_truth"])
+    return reward("arithmetic", text, item["answer"])
+
+
 def sampled_reward(model, tok, problems: list[dict], samples: int = 4, seed: int = 0, max_new_tokens: int = 48,
                    batch_size: int = 64) -> list[float]:
-    """Per problem, the mean verifiable reward of `samples` replies sampled at T = 1."""
-    from olmo2.post.verifiers import reward
+    """Per problem, the mean verifiable reward (`item_reward`) of `samples` replies sampled at T = 1."""
     qs = [p["question"] for p in problems for _ in range(samples)]
     res = _replies(model, tok, qs, max_new_tokens, 1.0, seed, batch_size)
-    per = [reward("arithmetic", t, p["answer"]) for (t, _), p in zip(res, (p for p in problems for _ in range(samples)))]
+    per = [item_reward(p, t) for (t, _), p in zip(res, (p for p in problems for _ in range(samples)))]
     return [sum(per[i * samples:(i + 1) * samples]) / samples for i in range(len(problems))]
+
+
+def constraint_following(model, tok, items: list[dict], max_new_tokens: int = 48,
+                         batch_size: int = 64) -> tuple[list[int], list[str]]:
+    """(1 per greedy reply that satisfies every constraint of its item, the replies)."""
+    from olmo2.post.verifiers import ifeval_reward
+    res = _replies(model, tok, [it["question"] for it in items], max_new_tokens, 0.0, None, batch_size)
+    return [int(ifeval_reward(t, it["ground_truth"]) > 0) for (t, _), it in zip(res, items)], [t for t, _ in res]
 
 
 @torch.inference_mode()
