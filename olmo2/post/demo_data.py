@@ -82,7 +82,7 @@ class InstructDataSpec:
     heldout: int = 542
     """Test-split problems scored by the report (the whole test split is 542)."""
     heldout_dpo: int = 300
-    sft_constraint: int = 800
+    sft_constraint: int = 300
     """Constrained SFT conversations (IFEval-style instruction + the reply that follows it)."""
     dpo_constraint: int = 800
     """Constraint preference pairs (follows vs breaks), besides the `dpo_pairs` arithmetic ones."""

@@ -195,6 +195,6 @@ def tiny_rlvr():
                         seq_len=256, max_steps=120, max_tokens=None, z_loss_coeff=0.0, precision="fp32", seed=1,
                         save_every=40, keep_last=1, log_every=1, eval_every=40)
     return PostRecipe(name="tiny_rlvr", train=train,
-                      stage=RLVRConfig(group_size=8, temperature=1.0, max_new_tokens=32, max_prompt_tokens=112,
+                      stage=RLVRConfig(group_size=8, temperature=1.0, max_new_tokens=48, max_prompt_tokens=112,
                                        clip=0.2, beta=0.01, num_epochs=2, num_mini_batches=4),
                       notes="CPU-sized GRPO; settings tuned on the dev split")
