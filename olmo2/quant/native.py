@@ -44,7 +44,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("native") / "gemv.c"
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
-ABI = 3               # olmo2_native_abi() of the source this module speaks to
+ABI = 4               # olmo2_native_abi() of the source this module speaks to
 ISAS = {"avx2": 1, "avx512": 2}
 # Shapes the C entry points take (checked here so a call never returns an error code).
 INT8_K_MULTIPLE, INT4_K_MULTIPLE, BF16_K_MULTIPLE = 64, 128, 16

@@ -14,19 +14,36 @@
  * Why these algorithms (decode is bound by the bytes of W streamed from memory; every
  * inner loop below does a few instructions per 64 weight bytes so that one core keeps up
  * with its share of the memory bandwidth):
- * - int8 and int4 multiply int8 x int8 (llama.cpp's Q8_0 scheme): the activation row is
- *   quantized once per call per block of 32 columns to int8 with an fp32 scale
- *   (xs_b = amax_b / 127), shared by every output row. Per-block scales keep the error of
- *   an activation outlier inside its own block (fbgemm's per-tensor scale lost 2% top-1
- *   agreement on the demo model for this reason).
- * - AVX-512 VNNI: vpdpbusd multiplies unsigned bytes by signed bytes. int8 weights are
- *   made unsigned by XOR 0x80 (= q + 128) in the register; the extra 128 * sum(xq_b) per
- *   block does not depend on the output row, so it is folded into one per-activation-row
- *   constant (corr8) subtracted at the end. int4 codes 0..15 are unsigned already; the
- *   "-8" becomes -8 * sum(xq_b), again per activation row (corr4 per group).
- * - AVX2 (AMD Zen 3 has no VNNI): vpmaddubsw with llama.cpp's sign trick for int8
- *   (|xq| unsigned times sign(q, xq) signed: pair sums <= 2*127*127 fit int16), and
- *   directly for int4 (15 * 127 * 4 per int16 lane at most), then vpmaddwd by ones.
+ * - int8 multiplies int8 weights by a ~15-bit activation split into two int8 digits:
+ *   per block b of 32 columns, xq = round(x * 16383 / amax_b) in [-16383, 16383] (scale
+ *   xs_b = amax_b / 16383, shared by every output row), hi = xq >> 7 = floor(xq / 128) in
+ *   [-128, 127], lo = xq & 127 = xq - 128 hi in [0, 127]. Two integer dot products per
+ *   weight load, combined exactly in int32 as 128 * dot_hi + dot_lo = sum q * xq. Why: one
+ *   int8 digit (llama.cpp's Q8_0 activation) cost ~0.5 points of top-1 agreement on the
+ *   demo model (98.41% vs aten's 98.89%, which keeps x in bf16); 15 bits make the
+ *   activation error ~128x smaller than the weight's own rounding, and the kernel has the
+ *   compute to spare (one core computes int8 dot products ~2.5x faster than its share of
+ *   the memory bandwidth feeds it weights; benchmarks/RESULTS.md).
+ * - int4 multiplies int4 x int8 (the activation quantized per 32 columns to one int8 digit,
+ *   xs_b = amax_b / 127): its weight error dominates, and its inner loop has no spare slot.
+ *   Per-block scales keep the error of an activation outlier inside its own block
+ *   (fbgemm's per-tensor scale lost 2% top-1 agreement on the demo model for this reason).
+ * - AVX-512 VNNI: vpdpbusd multiplies unsigned bytes by signed bytes. lo is unsigned, so
+ *   dot_lo = vpdpbusd(lo, q) with the signed weight as is. hi is signed, so the weight is
+ *   made unsigned by XOR 0x80 (= q + 128) in the register: vpdpbusd(q + 128, hi) =
+ *   dot_hi + 128 * sum(hi); the accumulator starts at -128 * sum(hi) over the same 4
+ *   columns (precomputed per activation row, "hcorr"), so each int32 lane is exact.
+ *   int4 codes 0..15 are unsigned already; the "-8" becomes -8 * sum(xq_b) per row (corr4).
+ * - AVX2 (AMD Zen 3 has no VNNI): vpmaddubsw (u8 x s8, int16 pair sums, saturating).
+ *   int8: lo (unsigned) times q directly (pair sums <= 2*127*127 = 32258); hi with
+ *   llama.cpp's sign trick, |hi| (<= 128: sign_epi8 turns -128 into byte 0x80 = 128
+ *   unsigned) times sign(q, hi) (|q| <= 127, formats.py clamps) so pair sums <= 2*128*127
+ *   = 32512 < 32767; vpmaddwd by 128 / by 1 then widens to int32. int4 directly
+ *   (15 * 127 * 4 per int16 lane at most), then vpmaddwd by ones.
+ * - int32 bounds (int8): per lane of 4 columns |sum q*hi| <= 4*127*128 = 65024, so
+ *   |128 * dot_hi + dot_lo| <= 8323072 + 64516 < 2^24: no overflow, and the int32 -> fp32
+ *   convert is exact (the vpdpbusd intermediate -128*sum(hi) + sum (q+128)*hi is within
+ *   +-196096).
  * - The int32 sum of each 4 (int8) or 8 (int4) columns is converted to fp32 and
  *   multiplied by its block's activation scale (and int4's group scale) lane by lane;
  *   lanes are summed once per output row.
@@ -49,7 +66,7 @@
 
 enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
-int olmo2_native_abi(void) { return 3; }
+int olmo2_native_abi(void) { return 4; }
 
 /* 2 if AVX-512 F/BW/VNNI (and the OS saves zmm state: __builtin_cpu_supports checks),
  * 1 if AVX2+FMA, else 0. */
@@ -104,39 +121,82 @@ __attribute__((target("avx2,fma"))) static void quantize_row(const float *x, int
     }
 }
 
-/* Per activation row, everything the int8/int4 inner loops read besides the weights. */
+/* The int8 kernels' activation (see the header): xq = round_half_even(x * (16383 / amax_b))
+ * in [-16383, 16383] (fl(amax * fl(16383 / amax)) <= 16383 (1 + 2u)^2 < 16383.5, so it never
+ * rounds past 16383), split into hi = xq >> 7 and lo = xq & 127; hcorr[l] = -128 * the sum
+ * of hi over the 4 columns of int32 lane l; lane8[l] = xs_b of that lane. All-zero block:
+ * xs = 0, every digit 0. */
+__attribute__((target("avx2,fma"))) static void quantize_row15(const float *x, int K, int8_t *hi, int8_t *lo,
+                                                               int32_t *hcorr, float *lane8) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7), m127 = _mm256_set1_epi32(127);
+    for (int b = 0; b < K / QBLOCK; b++) {
+        const float *xb = x + b * QBLOCK;
+        __m256 v[4];
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(xb + 8 * i);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        const __m256 id = _mm256_set1_ps(amax > 0.f ? 16383.f / amax : 0.f);
+        __m256i h[4], l[4];
+        for (int i = 0; i < 4; i++) {
+            __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id)); /* nearest even, as torch.round */
+            h[i] = _mm256_srai_epi32(q, 7);
+            l[i] = _mm256_and_si256(q, m127);
+            /* -128 * (sum of hi over each 4 consecutive columns): two horizontal pair adds */
+            __m256i s2 = _mm256_hadd_epi32(h[i], h[i]);            /* pairs, per 128-bit half */
+            __m256i s4 = _mm256_hadd_epi32(s2, s2);                 /* [sum h0..h3 x4 | sum h4..h7 x4] */
+            hcorr[b * 8 + 2 * i] = -128 * _mm256_extract_epi32(s4, 0);
+            hcorr[b * 8 + 2 * i + 1] = -128 * _mm256_extract_epi32(s4, 4);
+        }
+        /* every digit fits int8: the saturating packs are exact; the permute undoes their interleave */
+        __m256i ph = _mm256_packs_epi16(_mm256_packs_epi32(h[0], h[1]), _mm256_packs_epi32(h[2], h[3]));
+        __m256i pl = _mm256_packs_epi16(_mm256_packs_epi32(l[0], l[1]), _mm256_packs_epi32(l[2], l[3]));
+        _mm256_storeu_si256((__m256i *)(hi + b * QBLOCK), _mm256_permutevar8x32_epi32(ph, perm));
+        _mm256_storeu_si256((__m256i *)(lo + b * QBLOCK), _mm256_permutevar8x32_epi32(pl, perm));
+        const float xs = amax / 16383.f;
+        for (int j = 0; j < 8; j++) lane8[b * 8 + j] = xs;
+    }
+}
+
+/* Per activation row, everything the int8 inner loops read besides the weights. */
 typedef struct {
-    int8_t *xq;      /* [K] quantized activation (int8 kernels); int4: even/odd split, see below */
-    float *lane8;    /* [K/4]  int8: activation scale per 4-column int32 lane */
-    float *lane4;    /* [K/8]  int4: activation scale per 8-column int32 lane */
-    float *xs;       /* [K/32] */
-    int32_t *bsum;   /* [K/32] */
-    float corr8;     /* 128 * sum_b xs_b * bsum_b */
+    const int8_t *hi, *lo;  /* [K] the two digits of xq */
+    const int32_t *hcorr;   /* [K/4] -128 * sum of hi per int32 lane (4 columns) */
+    const float *lane8;     /* [K/4] activation scale per int32 lane */
+    const float *xs;        /* [K/32] activation scale per block */
 } xprep;
 
 /* ---------------------------------------------------------------------------------------
- * int8
+ * int8. Per 64 weight bytes (16 int32 lanes): one weight load, two vpdpbusd, a shift, one
+ * int32 -> fp32 convert and one FMA by the lanes' activation scales.
  * ------------------------------------------------------------------------------------- */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static inline __m512i lanes8_avx512(
+    const int8_t *w, const xprep *p, int k) {
+    const __m512i q = _mm512_loadu_si512((const void *)(w + k));
+    /* sum (q+128)*hi - 128*sum hi = sum q*hi, exact per lane */
+    __m512i d = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(p->hcorr + k / 4)),
+                                    _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80)),
+                                    _mm512_loadu_si512((const void *)(p->hi + k)));
+    /* 128 * that + sum lo*q: sum q*xq, |.| < 2^24 (header) */
+    return _mm512_dpbusd_epi32(_mm512_slli_epi32(d, 7), _mm512_loadu_si512((const void *)(p->lo + k)), q);
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma"))) static float dot8_avx512(const int8_t *w, const xprep *p,
                                                                                     int K) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int k = 0;
     for (; k + 128 <= K; k += 128) {
-        __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
-        __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k + 64)), flip);
-        __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512((const void *)(p->xq + k)));
-        __m512i d1 =
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, _mm512_loadu_si512((const void *)(p->xq + k + 64)));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_loadu_ps(p->lane8 + k / 4), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_loadu_ps(p->lane8 + k / 4 + 16), acc1);
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes8_avx512(w, p, k)), _mm512_loadu_ps(p->lane8 + k / 4), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes8_avx512(w, p, k + 64)), _mm512_loadu_ps(p->lane8 + k / 4 + 16),
+                               acc1);
     }
-    for (; k < K; k += 64) {
-        __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
-        __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512((const void *)(p->xq + k)));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_loadu_ps(p->lane8 + k / 4), acc0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - p->corr8;
+    for (; k < K; k += 64)
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes8_avx512(w, p, k)), _mm512_loadu_ps(p->lane8 + k / 4), acc0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
@@ -146,28 +206,26 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* sum q*xq over 32 columns as 8 int32 lanes (bounds in the header) */
+__attribute__((target("avx2,fma"))) static inline __m256i lanes8_avx2(const int8_t *w, const xprep *p, int k) {
+    const __m256i q = _mm256_loadu_si256((const __m256i *)(w + k));
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(p->hi + k));
+    const __m256i l = _mm256_loadu_si256((const __m256i *)(p->lo + k));
+    __m256i ph = _mm256_maddubs_epi16(_mm256_sign_epi8(h, h), _mm256_sign_epi8(q, h));
+    __m256i pl = _mm256_maddubs_epi16(l, q);
+    return _mm256_add_epi32(_mm256_madd_epi16(ph, _mm256_set1_epi16(128)), _mm256_madd_epi16(pl, _mm256_set1_epi16(1)));
+}
+
 __attribute__((target("avx2,fma"))) static float dot8_avx2(const int8_t *w, const xprep *p, int K) {
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int k = 0;
-    for (; k + 64 <= K; k += 64) {  /* two blocks of 32 per iteration */
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(p->xq + k));
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(p->xq + k + 32));
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
-        __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k + 32));
-        /* |x| (unsigned) times w with x's sign: products and int16 pair sums are exact */
-        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0)), ones);
-        __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x1, x1), _mm256_sign_epi8(w1, x1)), ones);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(p->xs[k / QBLOCK]), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(p->xs[k / QBLOCK + 1]), acc1);
+    for (; k + 64 <= K; k += 64) { /* two blocks of 32 per iteration */
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes8_avx2(w, p, k)), _mm256_set1_ps(p->xs[k / QBLOCK]), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes8_avx2(w, p, k + 32)), _mm256_set1_ps(p->xs[k / QBLOCK + 1]),
+                               acc1);
     }
-    for (; k < K; k += 32) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(p->xq + k));
-        __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
-        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0)), ones);
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(p->xs[k / QBLOCK]), acc0);
-    }
-    /* AVX2 path computes sum w*xq directly: no +128 correction */
+    for (; k < K; k += 32)
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes8_avx2(w, p, k)), _mm256_set1_ps(p->xs[k / QBLOCK]), acc0);
     return hsum256(_mm256_add_ps(acc0, acc1));
 }
 
@@ -395,22 +453,11 @@ __attribute__((target("avx2,fma"))) static float dotbf_avx2(const uint16_t *w, c
  * K % 128 == 0 and G in {32, 64, 128, 256} (int4), K % 16 == 0 (bf16). Return 0 on
  * success, -1 for an unknown ISA or shape, -2 when out of memory.
  * ------------------------------------------------------------------------------------- */
-static void prep_row(const float *x, int K, xprep *p, int8_t *xq, float *lane8, float *xs, int32_t *bsum) {
-    quantize_row(x, K, xq, xs, bsum);
-    float c = 0.f;
-    for (int b = 0; b < K / QBLOCK; b++) c += xs[b] * (float)bsum[b];
-    for (int l = 0; l < K / 4; l++) lane8[l] = xs[(4 * l) / QBLOCK];
-    p->xq = xq;
-    p->lane8 = lane8;
-    p->xs = xs;
-    p->bsum = bsum;
-    p->corr8 = 128.f * c;
-}
-
 int olmo2_int8_mm(int isa, int nthreads, const float *x, int M, int K, const int8_t *w, const uint16_t *scales, int N,
                   float *y) {
     if (K % 64 || (isa != ISA_AVX2 && isa != ISA_AVX512) || M <= 0 || N <= 0) return -1;
-    size_t per = (size_t)K + sizeof(float) * (K / 4 + 2 * (K / QBLOCK));
+    /* per row: hi, lo (K bytes each), hcorr, lane8 (K/4 x 4 bytes each), xs (K/32 floats) */
+    size_t per = (size_t)4 * K + sizeof(float) * (K / QBLOCK);
     char *buf = malloc(per * (size_t)M + 64);
     xprep *ps = malloc(sizeof(xprep) * (size_t)M);
     if (!buf || !ps) {
@@ -421,8 +468,11 @@ int olmo2_int8_mm(int isa, int nthreads, const float *x, int M, int K, const int
     for (int m = 0; m < M; m++) {
         char *b = buf + per * (size_t)m;
         float *lane8 = (float *)b, *xs = lane8 + K / 4;
-        int32_t *bsum = (int32_t *)(xs + K / QBLOCK);
-        prep_row(x + (size_t)m * K, K, &ps[m], (int8_t *)(bsum + K / QBLOCK), lane8, xs, bsum);
+        int32_t *hcorr = (int32_t *)(xs + K / QBLOCK);
+        int8_t *hi = (int8_t *)(hcorr + K / 4), *lo = hi + K;
+        quantize_row15(x + (size_t)m * K, K, hi, lo, hcorr, lane8);
+        for (int j = 0; j < K / QBLOCK; j++) xs[j] = lane8[8 * j];
+        ps[m] = (xprep){hi, lo, hcorr, lane8, xs};
     }
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int n = 0; n < N; n++) {
