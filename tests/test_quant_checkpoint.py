@@ -282,5 +282,7 @@ def test_quality_report_scores_the_decode_kernel_where_it_differs(float_ckpt, mo
             l8 = F.log_softmax(m_8(x)[0].float(), -1)
         kl += float((lb.exp() * (lb - l8)).sum())
         n += len(seq) - 1
-    assert abs(row.mean_kl - kl / n) <= 1e-4 * max(1e-6, kl / n) + 1e-9
+    # 1e-3 relative: the native int8 kernel's KL is ~4e-6 here (15-bit activations), so the
+    # fp32 rounding of batched vs one-passage forwards is a visible share of it
+    assert abs(row.mean_kl - kl / n) <= 1e-3 * max(1e-6, kl / n) + 1e-9
     assert abs(rows[1].mean_kl - kl / n) > 1e-3 * kl / n  # the prefill row is another kernel's
