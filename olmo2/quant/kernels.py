@@ -32,9 +32,10 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   our decode GEMVs for int8/int4/bf16 with AVX-512 VNNI and AVX2 code paths chosen from
   the CPU flags. aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
   and are slow on AVX2-only CPUs; fbgemm's per-tensor activation quantization cost 2%
-  top-1 agreement. The native int8/int4 kernels quantize the activation per block of 32
-  columns (llama.cpp's Q8_0 scheme: top-1 agreement stays >= 99%) and multiply int8 x int8
-  with vpdpbusd / vpmaddubsw, streaming the canonical weights as stored (no packed copy).
+  top-1 agreement. The native kernels quantize the activation per block of 32 columns:
+  int8 to ~15 bits split into two int8 digits (two vpdpbusd / vpmaddubsw per weight load;
+  one 8-bit digit, llama.cpp's Q8_0 scheme, cost ~0.5 points of top-1 on the demo model),
+  int4 to one int8 digit; they stream the canonical weights as stored (no packed copy).
   Under `auto` it runs decode, plus int4 prefill on AVX-512 (faster than aten's int4 there,
   and no packed copy); other prefill stays on aten/fbgemm/oneDNN, which reuse each weight
   load across rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).

@@ -246,7 +246,8 @@ def _(x, w):
 
 
 def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ (qweight int8 [N, K] * scales bf16 [N])^T in fp32, x quantized per 32 columns."""
+    """x [M, K] @ (qweight int8 [N, K] * scales bf16 [N])^T in fp32, x quantized per 32 columns
+    to ~15 bits (|x - x̂| <= amax_b / 32766 per element; exact integer products)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_int8_mm(x, qweight, scales)
     return _int8(x, qweight, scales)
