@@ -24,14 +24,7 @@ import time
 
 import torch
 
-
-def set_kernel(kernel: str) -> None:
-    from olmo2.quant import native
-    os.environ["OLMO2_QUANT_KERNEL"] = kernel.split("-")[0]
-    want = "avx2" if kernel == "native-avx2" else ""
-    if os.environ.get("OLMO2_NATIVE_ISA", "") != want:
-        os.environ["OLMO2_NATIVE_ISA"] = want
-        native.reset()
+from quant_kernels import set_kernel  # benchmarks/ is on sys.path when run as a script
 
 
 @torch.inference_mode()

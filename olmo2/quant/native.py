@@ -177,41 +177,30 @@ def _check(rc: int, what: str) -> None:
         raise RuntimeError(f"native {what} kernel failed (code {rc})")
 
 
-def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
+    """y [M, N] fp32 = the C entry point `olmo2_<entry>_mm` on x (made fp32 and dense) and the
+    weight pointers/ints in `weights`, which sit between K and N in every entry's signature."""
     lib = _lib()
     x = _x32(x)
     M, K = x.shape
-    y = torch.empty(M, w.shape[0], dtype=torch.float32)
+    y = torch.empty(M, N, dtype=torch.float32)
     if M == 0:  # an empty batch: nothing to compute (the C entry points refuse M = 0)
         return y
-    _check(lib.olmo2_int8_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
-                             _ptr(w), _ptr(s), w.shape[0], _ptr(y)), "int8")
+    fn = getattr(lib, f"olmo2_{entry}_mm")
+    _check(fn(_state["isa"], torch.get_num_threads(), _ptr(x), M, K, *weights, N, _ptr(y)), entry)
     return y
+
+
+def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return _mm("int8", x, w.shape[0], _ptr(w), _ptr(s))
 
 
 def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
-    lib = _lib()
-    x = _x32(x)
-    M, K = x.shape
-    y = torch.empty(M, w.shape[0], dtype=torch.float32)
-    if M == 0:  # an empty batch: nothing to compute (the C entry points refuse M = 0)
-        return y
-    _check(lib.olmo2_int4_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
-                             _ptr(w), _ptr(s), _ptr(z), group_size, w.shape[0],
-                             _ptr(y)), "int4")
-    return y
+    return _mm("int4", x, w.shape[0], _ptr(w), _ptr(s), _ptr(z), group_size)
 
 
 def _bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    lib = _lib()
-    x = _x32(x)
-    M, K = x.shape
-    y = torch.empty(M, w.shape[0], dtype=torch.float32)
-    if M == 0:  # an empty batch: nothing to compute (the C entry points refuse M = 0)
-        return y
-    _check(lib.olmo2_bf16_mm(_state["isa"], torch.get_num_threads(), _ptr(x), M, K,
-                             _ptr(w), w.shape[0], _ptr(y)), "bf16")
-    return y
+    return _mm("bf16", x, w.shape[0], _ptr(w))
 
 
 # The same functions as custom ops, for torch.compile (opaque to Inductor, one graph).
