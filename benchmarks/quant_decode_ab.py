@@ -3,6 +3,7 @@ one process (the A/B the kernel choice rests on; cpu_decode.py is the cross-syst
 
     python benchmarks/quant_decode_ab.py --model DIR --quant int8 --kernels native,aten --threads 1
     python benchmarks/quant_decode_ab.py --model DIR --quant bf16 --kernels native,mkldnn,aten
+    python benchmarks/quant_decode_ab.py --model DIR --quant int8 --kernels native,aten --prefill --rounds 5
 
 Loads MODEL once with `--quant` (quantized at load), then for `--rounds` rounds runs each
 kernel in turn (OLMO2_QUANT_KERNEL; `native-avx2` = native on its AVX2 path): prefill a
@@ -11,6 +12,9 @@ Decoder (static KV cache, eager), timing only the steps. Alternating within one 
 puts every kernel under the same machine load, which on a shared host drifts more between
 processes than the kernels differ. Prints per-round tok/s, each kernel's median, and the
 ratio of each kernel's per-round tok/s to the first kernel's in the same round.
+`--prefill` times the prompt instead (prompt tok/s of `Decoder.start` on a `--prompt-len`
+prompt, default 128: one prefill chunk, the LM head on its last position only, as
+cpu_decode.py's prompt column), and compares each kernel's greedy first token.
 
 For bf16 both weight copies are kept (the plain weight native/aten read, and oneDNN's
 reordered one): fine for a benchmark, twice the memory of a served model.
@@ -41,6 +45,17 @@ def run(model, prompt: torch.Tensor, tokens: int) -> tuple[float, float, list[in
     return tokens / (time.perf_counter() - t), tokens / (time.process_time() - c), out
 
 
+@torch.inference_mode()
+def run_prefill(model, prompt: torch.Tensor) -> tuple[float, float, list[int]]:
+    """Prompt tok/s (wall, and per CPU-second) of one prefill, and its greedy next token."""
+    from olmo2.infer.decoder import Decoder
+    dec = Decoder(model, 1, prompt.shape[1] + 2)
+    t, c = time.perf_counter(), time.process_time()
+    logits = dec.start(prompt)
+    n = prompt.shape[1]
+    return n / (time.perf_counter() - t), n / (time.process_time() - c), [int(logits.argmax(-1)[0])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -49,8 +64,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=None, help="default 16, or 128 with --prefill")
+    ap.add_argument("--prefill", action="store_true", help="time the prompt's prefill instead of decode steps")
     args = ap.parse_args()
+    if args.prompt_len is None:
+        args.prompt_len = 128 if args.prefill else 16
+    what = "prompt" if args.prefill else "decode"
     torch.set_num_threads(args.threads)
     from olmo2.checkpoint import load_model
     from olmo2.quant import native
@@ -66,11 +85,15 @@ def main() -> None:
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"# {cpu}; torch {torch.__version__}; native: {native.isa() or native.reason()}; threads {args.threads}; "
-          f"--quant {args.quant} (load {load_s:.1f} s); {args.tokens} steps after a {args.prompt_len}-token prompt; "
+          f"--quant {args.quant} (load {load_s:.1f} s); " +
+          (f"prefill of a {args.prompt_len}-token prompt; " if args.prefill else
+           f"{args.tokens} steps after a {args.prompt_len}-token prompt; ") +
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     for k in kernels:  # warm-up: packs each kernel's layout, builds the native library
         set_kernel(k)
         run(model, prompt, 2)
+        if args.prefill:
+            run_prefill(model, prompt)
     # tok/s of wall time, and tokens per CPU-second of this process: at 1 thread the latter
     # leaves out the time the OS gave the core to other jobs, the steadier figure on a
     # shared host (memory-bandwidth contention still shows in both)
@@ -80,19 +103,19 @@ def main() -> None:
     for r in range(args.rounds):
         for k in kernels:
             set_kernel(k)
-            rate, crate, toks[k] = run(model, prompt, args.tokens)
+            rate, crate, toks[k] = run_prefill(model, prompt) if args.prefill else run(model, prompt, args.tokens)
             rates[k].append(rate)
             cpu[k].append(crate)
         print(f"round {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:.2f} ({cpu[k][-1]:.2f}/CPU-s)" for k in kernels)
-              + " tok/s", flush=True)
+              + f" {what} tok/s", flush=True)
     base = kernels[0]
     for k in kernels:
         ratios = [a / b for a, b in zip(rates[k], rates[base])]
         cratios = [a / b for a, b in zip(cpu[k], cpu[base])]
         same = sum(a == b for a, b in zip(toks[k], toks[base]))
-        print(f"{k}: median {statistics.median(rates[k]):.2f} tok/s ({statistics.median(cpu[k]):.2f} per CPU-s); "
+        print(f"{k}: median {statistics.median(rates[k]):.2f} {what} tok/s ({statistics.median(cpu[k]):.2f} per CPU-s); "
               f"vs {base} per round {min(ratios):.2f}-{max(ratios):.2f}x (per CPU-s "
-              f"{min(cratios):.2f}-{max(cratios):.2f}x); greedy tokens equal to {base}'s: {same}/{args.tokens}")
+              f"{min(cratios):.2f}-{max(cratios):.2f}x); greedy tokens equal to {base}'s: {same}/{len(toks[base])}")
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -15,7 +15,10 @@ per token (16 blocks + LM head). Prefill: 128 rows through one block (7 matmuls)
 as GFLOP/s and as the 1B prefill tok/s it implies.
 
 Kernel `native` is olmo2's own C kernels (olmo2/quant/native.py); `native-avx2` the same
-library forced onto its AVX2 code path (what an AVX2-only CPU such as AMD Zen 3 runs).
+library forced onto its AVX2 code path (what an AVX2-only CPU such as AMD Zen 3 runs). Its
+int8 prefill column is gemm.c's GEMM (from native.INT8_GEMM_ROWS rows); the row
+`int8 native-rows` runs the decode kernel (gemv.c) on the same 128 rows, as int8 prefill
+ran before that GEMM existed (native.per_row()).
 `--per-shape` adds a table per 1B matrix shape (time per call and GB/s at one row, each
 shape repeated over enough distinct copies to stream from memory, not cache).
 
@@ -26,6 +29,7 @@ olmo2/quant/linear.py calls, on canonical weights made by olmo2/quant/formats.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -79,9 +83,10 @@ def set_kernel(kernel: str) -> None:
 
 
 def time_pass(mods, rows: int, kernel: str, reps: int) -> float:
-    set_kernel(kernel)
+    from olmo2.quant import native
+    set_kernel(kernel.replace("-rows", ""))
     xs = {m.in_features: torch.randn(rows, m.in_features) for m in mods}
-    with torch.inference_mode():
+    with torch.inference_mode(), native.per_row() if kernel.endswith("-rows") else contextlib.nullcontext():
         for m in mods:
             m(xs[m.in_features])   # warm-up; packs the kernel's layout
         ts = []
@@ -117,7 +122,7 @@ def main() -> None:
     rows = [("fp32", "reference", 0), ("bf16", "aten", 0), ("bf16", "mkldnn", 0), ("bf16", "reference", 0),
             ("bf16", "native", 0), ("bf16", "native-avx2", 0),
             ("int8", "aten", 0), ("int8", "fbgemm", 0), ("int8", "reference", 0),
-            ("int8", "native", 0), ("int8", "native-avx2", 0),
+            ("int8", "native", 0), ("int8", "native-avx2", 0), ("int8", "native-rows", 0),
             ("int4", "aten", 32), ("int4", "aten", 64), ("int4", "aten", 128), ("int4", "reference", 128),
             ("int4", "native", 128), ("int4", "native-avx2", 128), ("int4", "native", 32)]
     if args.only:

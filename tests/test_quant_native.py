@@ -11,6 +11,12 @@ Two references for int8/int4, both in fp64:
   textbook K·u·Σ|x̂||w|. This is the sharp check that every nibble, lane and scale lines up.
 bf16 has exact products (fp32 FMA of a widened bf16 weight), so only the fp32 slack.
 
+The int8 prefill GEMM (native/gemm.c, from native.INT8_GEMM_ROWS rows) quantizes the same
+way over *strided* blocks of 32 columns (block of column k: (k // 512, (k % 64) // 4), the
+columns one int32 lane meets in 8 chunks of 64; fewer in a last partial group), so the same
+two references apply with that block map; its AVX2 and AVX-512 paths compute the same
+integers and the same fp32 operations in the same order, so they are checked bit for bit.
+
 The library is built once per session into a temporary cache (module fixture); the cache
 test builds a second copy into its own directory.
 """
@@ -248,3 +254,90 @@ def test_cache_is_reused_and_a_missing_compiler_falls_back(monkeypatch, tmp_path
     monkeypatch.setenv("OLMO2_NATIVE", "0")
     native.reset()
     assert not native.available() and "OLMO2_NATIVE=0" in native.reason()
+
+
+# ---- int8 prefill GEMM (gemm.c) ----
+
+def _gemm_blocks(k):
+    """The GEMM's activation block of each column (gemm.c's header)."""
+    c = torch.arange(k)
+    return (c // 512) * 16 + (c % 64) // 4
+
+
+def _xhat_gemm(x):
+    """x̂ and the per-(row, block) scale as gemm.c computes them (same fp32 ops, ties to even)."""
+    M, K = x.shape
+    idx = _gemm_blocks(K).expand(M, K)
+    nb = int(idx.max()) + 1
+    amax = torch.zeros(M, nb).scatter_reduce(1, idx, x.abs(), "amax")
+    a = amax.gather(1, idx)
+    q = torch.round(x * torch.where(a > 0, L8 / a, torch.zeros_like(a)))
+    assert float(q.abs().max()) <= L8
+    return q.double() * (a / L8).double(), (amax / L8).double()
+
+
+def _gemm_act_bound(x, w_abs):
+    """Σ_b xs_b/2 · Σ_{k∈b}|w_k| over the GEMM's blocks, for every (row of x, row of w)."""
+    _, xs = _xhat_gemm(x)
+    idx = _gemm_blocks(x.shape[1])
+    wb = torch.zeros(w_abs.shape[0], xs.shape[1], dtype=torch.float64).index_add_(1, idx, w_abs)
+    return (xs / 2) @ wb.T
+
+
+@pytest.mark.parametrize("k", [64, 2048])
+@pytest.mark.parametrize("m", [16, 17, 63, 128])
+def test_int8_gemm_vs_float_and_emulation(use_isa, m, k):
+    assert m >= native.INT8_GEMM_ROWS       # these row counts take the GEMM
+    n = 37                                  # odd: a partial 4-row (and 2-row) weight tile
+    w, x = _w(n, k, seed=m), _x(m, k, seed=k)
+    q, s = formats.quantize_int8(w)
+    wd = formats.dequantize_int8(q, s).double()
+    xh, _ = _xhat_gemm(x)
+    ys = {}
+    for isa in _isas():
+        use_isa(isa)
+        y = ys[isa] = native.int8_mm(x, q, s).double()
+        # exact integer lanes; the slack covers fp32 sums and the int32 -> fp32 convert
+        assert bool(((y - xh @ wd.T).abs() <= _slack(xh, wd.abs())).all()), isa
+        bound = _gemm_act_bound(x, wd.abs()) * (1 + 1e-6) + _slack(x, wd.abs())
+        assert bool(((y - x.double() @ wd.T).abs() <= bound).all()), isa
+    if AVX512:
+        assert torch.equal(ys["avx512"], ys["avx2"])   # same integers, same fp32 op order
+
+
+def test_int8_gemm_threads_bitwise_and_prefill_choice(use_isa, monkeypatch):
+    n, k, m = 301, 1024 + 64, 19    # 301 rows: no thread split is even; K: a partial group
+    w, x = _w(n, k, seed=9), _x(m, k, seed=3)
+    q, s = formats.quantize_int8(w)
+    old = torch.get_num_threads()
+    try:
+        for isa in _isas():
+            use_isa(isa)
+            outs = []
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(native.int8_mm(x, q, s))
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), isa
+    finally:
+        torch.set_num_threads(old)
+    # auto: the GEMM runs int8 prefill where its VNNI path runs, and no kernel's packed
+    # copy of the weight is built (prepare() packs what choose() picks)
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("OLMO2_NATIVE_ISA", raising=False)   # the CPU's best path
+    native.reset()
+    lin = Int8Linear.from_float(w)
+    picked = choose("int8", "prefill", lin.native_fits())
+    assert (picked == "native") == (native.isa() == "avx512")
+    use_isa("avx2")   # an AVX2 CPU keeps its old prefill kernel
+    assert choose("int8", "prefill", lin.native_fits()) != "native"
+    assert choose("int8", "decode", lin.native_fits()) == "native"
+    if AVX512:
+        use_isa("avx512")
+        lin.prepare()
+        assert not lin._packed
+        y = lin(x)
+        monkeypatch.setenv(ENV, "native")
+        assert torch.equal(lin(x), y) and not lin._packed
+        # under torch.compile the custom op takes the GEMM too (the row count is static)
+        comp = torch.compile(lin, backend="aot_eager", fullgraph=True)
+        assert torch.equal(comp(x), y)

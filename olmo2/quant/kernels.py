@@ -36,9 +36,18 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   int8 to ~15 bits split into two int8 digits (two vpdpbusd / vpmaddubsw per weight load;
   one 8-bit digit, llama.cpp's Q8_0 scheme, cost ~0.5 points of top-1 on the demo model),
   int4 to one int8 digit; they stream the canonical weights as stored (no packed copy).
-  Under `auto` it runs decode, plus int4 prefill on AVX-512 (faster than aten's int4 there,
-  and no packed copy); other prefill stays on aten/fbgemm/oneDNN, which reuse each weight
-  load across rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
+  Under `auto` it runs decode, plus int4 and int8 prefill on AVX-512 (no packed copy in
+  either); other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
+  rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
+  int4 prefill: 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
+  int8 prefill runs gemm.c, a register-blocked GEMM (4 x 4 tiles of vpdpbusd on blocks
+  whose int32 lanes span 8 chunks, so one convert + FMA per 8): at 128 rows, 1 thread, on
+  the 1B's shapes, 166-189 GFLOP/s vs aten's 81-87 (2026-11-29, benchmarks/RESULTS.md
+  "Native int8 prefill GEMM"); gemv.c's per-row kernel did 54 vs 68. It keeps the decode
+  kernel's ~15-bit activation, so the prefill rows of the quality report match decode's
+  instead of aten's bf16-rounded ones. On AVX2 its int8 prefill (vpmaddubsw, ~55 GFLOP/s
+  here under OLMO2_NATIVE_ISA=avx2) is no faster than what those CPUs run now, so AVX2
+  keeps fbgemm there.
   A shape it does not take (K not a multiple of its block) or a machine where it did not
   build keeps the choice below.
 - The reference path materialises the dequantized weight per call: slow, but it runs on
@@ -160,6 +169,11 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         # int4 prefill too: at 128 rows the native kernel did 105 GFLOP/s vs aten's 69 (1
         # thread, same run, benchmarks/RESULTS.md), and then aten's packed copy of the
         # weights is never built: an int4 model holds one copy instead of two.
+        return "native"
+    if fmt == "int8" and phase == "prefill" and native_ok and _native_module().isa() == "avx512":
+        # gemm.c's VNNI GEMM: ~2x aten's int8 prefill, with decode's activation precision
+        # (docstring). Keyed on the native ISA, not torch's: OLMO2_NATIVE_ISA=avx2 on an
+        # AVX-512 CPU runs the AVX2 GEMM, which is not faster than the choice below.
         return "native"
     if phase == "decode" and native_ok and not (fmt == "bf16" and kind.bf16 and mkldnn_available()):
         # bf16 on a CPU with bf16 dot products keeps oneDNN in both phases: its prefill

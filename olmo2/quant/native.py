@@ -1,4 +1,5 @@
-"""olmo2's own CPU matmul kernels for decode (olmo2/quant/native/gemv.c), built on first use.
+"""olmo2's own CPU matmul kernels (olmo2/quant/native/: gemv.c for decode, gemm.c for int8
+prefill), built on first use.
 
     from olmo2.quant import native
     if native.available():
@@ -10,9 +11,9 @@
     OLMO2_NATIVE_ISA=avx2     force the AVX2 code path on an AVX-512 CPU (what AMD Zen 3 runs)
     CC=...                    the C compiler (default: cc, then gcc)
 
-Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c` into the per-user cache
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c` (one library) into the per-user cache
 (`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
-the sha256 of the source, the compiler's `--version` and the flags, so a changed source
+the sha256 of the sources, the compiler's `--version` and the flags, so a changed source
 or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
 temp name and renamed (olmo2.fsio.atomic_path), so processes racing to build it each
 produce a whole file and the last rename wins. No `-march=native`: the SIMD functions
@@ -32,6 +33,7 @@ decode step stays one graph. ctypes releases the GIL for the call.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -42,9 +44,14 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native") / "gemv.c"
+SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c"))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
-ABI = 4               # olmo2_native_abi() of the source this module speaks to
+ABI = 5               # olmo2_native_abi() of the source this module speaks to
+# Rows from which int8_mm runs gemm.c's register-blocked GEMM instead of gemv.c's per-row
+# kernel: the GEMM tiles 4 activation rows at a time, and below ~16 rows decode is bound by
+# streaming the weight, which the GEMV does best (and kernels.PREFILL_ROWS starts there).
+INT8_GEMM_ROWS = 16
+_gemm_rows = [INT8_GEMM_ROWS]   # per_row() lifts it: the quality report's decode rows
 ISAS = {"avx2": 1, "avx512": 2}
 # Shapes the C entry points take (checked here so a call never returns an error code).
 INT8_K_MULTIPLE, INT4_K_MULTIPLE, BF16_K_MULTIPLE = 64, 128, 16
@@ -68,14 +75,15 @@ def _cache_dir() -> Path:
 def library_path(cc: str) -> Path:
     """Where the library built by `cc` from the current source lives in the cache."""
     ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    h = hashlib.sha256(SOURCE.read_bytes() + ver.encode() + " ".join(FLAGS).encode()).hexdigest()[:20]
+    h = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + ver.encode() + " ".join(FLAGS).encode())
+    h = h.hexdigest()[:20]
     return _cache_dir() / f"gemv-{h}.so"
 
 
 def _build(cc: str, out: Path) -> None:
     from olmo2.fsio import atomic_path
     with atomic_path(out) as tmp:
-        r = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True,
+        r = subprocess.run([cc, *FLAGS, "-o", str(tmp), *map(str, SOURCES), "-lm"], capture_output=True, text=True,
                            timeout=300)
         if r.returncode != 0:
             lines = (r.stderr or r.stdout).strip().splitlines()
@@ -100,9 +108,10 @@ def _load() -> ctypes.CDLL:
         raise OSError(f"{path}: ABI {lib.olmo2_native_abi()} != {ABI}")
     i, f, p = ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p  # pointers as plain ints: cheapest to pass
     lib.olmo2_int8_mm.argtypes = [i, i, f, i, i, p, p, i, f]
+    lib.olmo2_int8_prefill_mm.argtypes = [i, i, f, i, i, p, p, i, f]
     lib.olmo2_int4_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
     lib.olmo2_bf16_mm.argtypes = [i, i, f, i, i, p, i, f]
-    for fn in (lib.olmo2_int8_mm, lib.olmo2_int4_mm, lib.olmo2_bf16_mm):
+    for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_bf16_mm):
         fn.restype = ctypes.c_int
     _state["path"] = str(path)
     return lib
@@ -192,7 +201,21 @@ def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
 
 
 def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    return _mm("int8", x, w.shape[0], _ptr(w), _ptr(s))
+    # the row count picks the kernel (a static shape under torch.compile: one graph each)
+    return _mm("int8_prefill" if x.shape[0] >= _gemm_rows[0] else "int8", x, w.shape[0], _ptr(w), _ptr(s))
+
+
+@contextlib.contextmanager
+def per_row():
+    """int8_mm runs the decode kernel (gemv.c) whatever the row count inside the block: to
+    score whole sequences with the numerics that generation's one-token steps have (its
+    activation blocks differ from the GEMM's; olmo2/quant/report.py's decode rows)."""
+    old = _gemm_rows[0]
+    _gemm_rows[0] = 1 << 62
+    try:
+        yield
+    finally:
+        _gemm_rows[0] = old
 
 
 def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -235,8 +258,10 @@ def _(x, w):
 
 
 def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ (qweight int8 [N, K] * scales bf16 [N])^T in fp32, x quantized per 32 columns
-    to ~15 bits (|x - x̂| <= amax_b / 32766 per element; exact integer products)."""
+    """x [M, K] @ (qweight int8 [N, K] * scales bf16 [N])^T in fp32, x quantized per block of
+    32 columns to ~15 bits (|x - x̂| <= amax_b / 32766 per element; exact integer products).
+    Blocks are contiguous below INT8_GEMM_ROWS rows (gemv.c) and strided from there (gemm.c's
+    header: the 32 columns one int32 lane meets over 8 chunks of 64)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_int8_mm(x, qweight, scales)
     return _int8(x, qweight, scales)

@@ -90,16 +90,21 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     """Rows for bf16 and each of `precisions` (int8, int4, or QuantConfig-style modes)."""
     from olmo2.checkpoint import load_model
     from olmo2.progress import Progress
+    from olmo2.quant import native
     from olmo2.quant.kernels import choose, forced
     base = load_model(model_dir, dtype=torch.float32, quant="bf16")
     models = {p: load_model(model_dir, dtype=torch.float32, quant=p) for p in precisions}
     # Scoring whole sequences runs each linear's prefill kernel; generation runs its decode
     # kernel one token at a time, and the two can differ in numerics (olmo2's own int8/int4
     # decode kernels quantize the activations per 32 columns). Where they differ the same
-    # tokens are scored again with the decode kernel forced, so the table covers both.
+    # tokens are scored again with the decode kernel forced, so the table covers both. The
+    # native int8 kernel differs from itself: from native.INT8_GEMM_ROWS rows it runs the
+    # prefill GEMM (other activation blocks), so its decode row forces the per-row kernel.
+    def differs(p):
+        dec = choose(p, "decode")
+        return dec != choose(p, "prefill") or (p == "int8" and dec == "native")
     runs = [(p, "prefill", None) for p in precisions]
-    runs += [(p, "decode", choose(p, "decode")) for p in precisions
-             if p in ("int8", "int4", "bf16") and choose(p, "decode") != choose(p, "prefill")]
+    runs += [(p, "decode", choose(p, "decode")) for p in precisions if p in ("int8", "int4", "bf16") and differs(p)]
     max_len = min(max_len or base.config.max_seq_len, base.config.max_seq_len) - 1
     wins = sorted(_windows(tokenizer, passages, max_len), key=len)
     if not wins:
@@ -125,7 +130,8 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
         nll[BASE].append(-lp_base.gather(1, t[:, None])[:, 0])
         top_base = lp_base.argmax(-1)
         for run in runs:
-            with forced(run[2]) if run[2] else contextlib.nullcontext():
+            with forced(run[2]) if run[2] else contextlib.nullcontext(), \
+                    native.per_row() if run[1] == "decode" else contextlib.nullcontext():
                 lp = F.log_softmax(models[run[0]](ids).float(), dim=-1)[mask]
             nll[run].append(-lp.gather(1, t[:, None])[:, 0])
             kl[run] += float((lp_base.exp() * (lp_base - lp)).sum())

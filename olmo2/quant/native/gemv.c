@@ -72,7 +72,7 @@
 
 enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
-int olmo2_native_abi(void) { return 4; }
+int olmo2_native_abi(void) { return 5; } /* with gemm.c: olmo2_int8_prefill_mm */
 
 /* 2 if AVX-512 F/BW/VNNI (and the OS saves zmm state: __builtin_cpu_supports checks),
  * 1 if AVX2+FMA, else 0. */
