@@ -22,7 +22,9 @@ Ratios: each olmo2 row against llama.cpp at the same weight precision, and again
 bandwidth limit = (bandwidth measured by the probe in this run) / (weight bytes read per
 token: every tensor except the embedding table, plus one embedding row). Ratios are
 written `1.23×`. `--rounds N` repeats the whole table (the machine is shared: compare rows
-within a round, and rounds with each other).
+within a round, and rounds with each other). Within a round each olmo2 precision runs
+right beside its llama.cpp peer, the pair's order alternating by round, and with 2+ rounds
+a last table lists each ratio per round and the median.
 """
 from __future__ import annotations
 
@@ -310,31 +312,50 @@ def ratio(a: float, b: float | None) -> str:
     return f"{a / b:.2f}×" if b else "–"
 
 
-def one_round(args, model_dir: Path, llama_why: str) -> tuple[list[dict], float]:
-    bw = spawn(args, "bandwidth", "")
-    gb_s = bw["gb_s"] if isinstance(bw, dict) else float("nan")
-    rows = []
+def table_order(args) -> list[tuple[str, str, bool]]:
+    """The table's rows: olmo2 per precision, compiled olmo2, transformers, llama.cpp."""
     plan = [("olmo2", p, False) for p in OLMO2_PRECISIONS]
     if args.compile:
         plan += [("olmo2", p, True) for p in OLMO2_PRECISIONS if p in args.compile.split(",")]
-    plan += [("hf", p, False) for p in HF_PRECISIONS] + [("llama", p, False) for p in OLMO2_PRECISIONS]
-    for system, prec, comp in plan:
+    return plan + [("hf", p, False) for p in HF_PRECISIONS] + [("llama", p, False) for p in OLMO2_PRECISIONS]
+
+
+def run_order(plan: list[tuple[str, str, bool]], round_index: int) -> list[tuple[str, str, bool]]:
+    """The order the processes run in: each llama.cpp peer right beside the olmo2 row(s) of
+    its precision, so that a ratio compares processes minutes apart, not a whole table apart
+    (this host's speed drifts between processes: benchmarks/RESULTS.md, 18:01 run); which of
+    the two goes first alternates by round, so a slow phase does not always hit one side."""
+    order = []
+    for p in OLMO2_PRECISIONS:
+        ours = [e for e in plan if e[0] == "olmo2" and e[1] == p]
+        peer = [e for e in plan if e[0] == "llama" and e[1] == p]
+        order += ours + peer if round_index % 2 == 0 else peer + ours
+    return order + [e for e in plan if e not in order]
+
+
+def one_round(args, model_dir: Path, llama_why: str, round_index: int = 0) -> tuple[list[dict], float]:
+    bw = spawn(args, "bandwidth", "")
+    gb_s = bw["gb_s"] if isinstance(bw, dict) else float("nan")
+    rows = []
+    plan = table_order(args)
+    for system, prec, comp in run_order(plan, round_index):
         if args.only and system != args.only:
             continue
         name = {"olmo2": "olmo2", "hf": "transformers", "llama": "llama.cpp"}[system]
         label = f"{name} {GGUF_TYPES[prec].upper() if system == 'llama' else prec}" + (" compiled" if comp else "")
         if system == "llama":
             if llama_why:
-                rows.append(dict(system=system, prec=prec, label=label, error=llama_why))
+                rows.append(dict(system=system, prec=prec, label=label, key=(system, prec, comp), error=llama_why))
                 continue
             g = ensure_gguf(model_dir, GGUF_TYPES[prec])
             res = spawn(args, "llama", str(g), prec) if isinstance(g, Path) else g
         else:
             res = spawn(args, system, str(model_dir), prec, comp)
         print(f"  {label}: {'ok' if isinstance(res, dict) else res}", file=sys.stderr, flush=True)
-        row = dict(system=system, prec=prec, label=label, compiled=comp)
+        row = dict(system=system, prec=prec, label=label, compiled=comp, key=(system, prec, comp))
         row.update(res if isinstance(res, dict) else {"error": res})
         rows.append(row)
+    rows.sort(key=lambda r: plan.index(r["key"]) if "key" in r else len(plan))
     return rows, gb_s
 
 
@@ -399,12 +420,42 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
     print(f"{model_dir} ({args.preset if not args.model else 'given'}), batch 1, prompt {args.prompt_len} + "
           f"{args.new_tokens} new greedy tokens, {args.threads} threads; {versions}")
+    rounds = []
     for k in range(args.rounds):
         load0 = os.getloadavg()[0]
-        rows, gb_s = one_round(args, model_dir, llama_why)
+        rows, gb_s = one_round(args, model_dir, llama_why, k)
         print(f"\n## round {k + 1} of {args.rounds} (load average {load0:.1f} at start, "
               f"{os.getloadavg()[0]:.1f} at end)")
         print_table(rows, gb_s, args)
+        rounds.append(rows)
+    if len(rounds) > 1:
+        print_summary(rounds)
+
+
+def print_summary(rounds: list[list[dict]]) -> None:
+    """Each olmo2 row's ratio to llama.cpp in every round, and their median."""
+    import statistics
+    lines = []
+    for r0 in rounds[0]:
+        if r0["system"] != "olmo2":
+            continue
+        dec, pro = [], []
+        for rows in rounds:
+            me = next((r for r in rows if r.get("key") == r0["key"] and "decode" in r), None)
+            peer = next((r for r in rows if r["system"] == "llama" and r["prec"] == r0["prec"] and "decode" in r), None)
+            if me and peer:
+                dec.append(me["decode"] / peer["decode"])
+                pro.append(me["prompt"] / peer["prompt"])
+        if dec:
+            lines.append(f"| {r0['label']} | {', '.join(f'{x:.2f}×' for x in dec)} | {statistics.median(dec):.2f}× | "
+                         f"{', '.join(f'{x:.2f}×' for x in pro)} | {statistics.median(pro):.2f}× |")
+    if not lines:
+        print("\n(no llama.cpp rows: no ratios across rounds)")
+        return
+    print(f"\n## ratios to llama.cpp at the same precision, per round (median of {len(rounds)})")
+    print("| olmo2 row | decode, per round | decode median | prompt, per round | prompt median |")
+    print("|---|---|---:|---|---:|")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
