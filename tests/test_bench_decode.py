@@ -39,6 +39,24 @@ def test_weight_bytes_per_token_counts_one_embedding_row():
     assert bench().weight_bytes_per_token(half) == want // 2
 
 
+@pytest.mark.parametrize("mode", ["none", "bf16", "int8", "int4"])
+def test_stored_tensors_sizes_match_state_dict_without_building_it(mode):
+    """The benchmark counts weight bytes from the modules' tensors (placeholders of dropped
+    plain copies included), never from state_dict(), which rebuilds every bf16 plain weight."""
+    from olmo2.quant import quantize_model
+    cfg = ModelConfig(vocab_size=300, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256, max_seq_len=64)
+    m = Olmo2(cfg).eval()
+    if mode != "none":
+        quantize_model(m, mode, group_size=32)
+        with torch.no_grad():
+            m(torch.tensor([[1, 2, 3]]))  # packs whatever the kernels pack
+    stored = bench().stored_tensors(m)
+    sd = m.state_dict()
+    assert sorted(stored) == sorted(sd)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in stored.items()} == {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}
+    assert bench().weight_bytes_per_token(stored) == bench().weight_bytes_per_token(sd)
+
+
 @pytest.mark.slow
 def test_quick_run_prints_a_table(tmp_path):
     env = dict(os.environ, OLMO2_CACHE=str(tmp_path), PYTHONPATH=str(REPO))
