@@ -217,3 +217,26 @@ def test_avx2_dispatch_never_picks_avx512_only_kernels(monkeypatch):
         assert choose("int8", "decode", native_fits=False) in ("fbgemm", "reference")
     finally:
         kernels.cpu_kind.cache_clear()
+
+
+def test_kernel_choice_is_marked_constant_like_torch_marks_it():
+    """linear.py sets the attribute torch.compiler.assume_constant_result sets, without the
+    decorator's torch._dynamo import; this fails if a torch upgrade spells it differently."""
+    from olmo2.quant.linear import _kernel_for
+
+    def f():
+        return 0
+    marked = torch.compiler.assume_constant_result(f)
+    added = {k: v for k, v in vars(marked).items()}
+    assert added == {"_dynamo_marked_constant": True}
+    assert _kernel_for._dynamo_marked_constant is True
+
+
+def test_load_path_imports_do_not_pull_in_dynamo():
+    """torch._dynamo costs ~0.14 GiB of RSS on import; loading and decoding must not need it."""
+    import subprocess
+    import sys
+    code = ("import sys, olmo2.checkpoint, olmo2.quant.io, olmo2.quant.linear, olmo2.infer.generate; "
+            "print('torch._dynamo' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
