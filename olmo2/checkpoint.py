@@ -150,6 +150,12 @@ def release_pages(t: torch.Tensor) -> bool:
     return any(f.release(t) for f in (_TRACKED or ()))
 
 
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether `t` is a view of a file tracked by `tracking_mappings()` (its pages are file
+    pages: resident only once read, and droppable by the kernel)."""
+    return any(f.span(t) is not None for f in (_TRACKED or ()))
+
+
 class SafetensorsFile:
     """A zero-copy reader of one .safetensors file.
 
@@ -218,17 +224,23 @@ class SafetensorsFile:
         not inside this mapping (then nothing is done: on anonymous memory DONTNEED would
         zero live data)."""
         import mmap
-        if self.mm is None or self.mm.closed or t.numel() == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        span = self.span(t)
+        if span is None or not hasattr(mmap, "MADV_DONTNEED"):
             return False
-        lo = t.data_ptr() - self.addr
-        hi = lo + t.numel() * t.element_size()
-        if lo < 0 or hi > len(self.mm) or not t.is_contiguous():
-            return False
+        lo, hi = span
         page = mmap.PAGESIZE
         lo, hi = -(-lo // page) * page, hi // page * page  # whole pages inside the tensor only
         if hi > lo:
             self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
         return True
+
+    def span(self, t: torch.Tensor) -> tuple[int, int] | None:
+        """(first, end) byte offsets of contiguous `t` inside this mapping, or None."""
+        if self.mm is None or self.mm.closed or t.numel() == 0 or not t.is_contiguous():
+            return None
+        lo = t.data_ptr() - self.addr
+        hi = lo + t.numel() * t.element_size()
+        return (lo, hi) if 0 <= lo and hi <= len(self.mm) else None
 
     def get(self, name: str) -> torch.Tensor:
         dtype, shape, begin, end = self.entries[name]

@@ -94,6 +94,16 @@ def test_save_load_exact(tmp_path, bpe_tok, mode):
         assert sd[k].dtype == sd2[k].dtype and torch.equal(sd[k], sd2[k]), k
     ids = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(1))
     assert torch.equal(m(ids), back(ids))
+    # the embedding table stays a view of the file (only looked-up rows become resident);
+    # the linears are copies (aten's int8 kernel needs aligned memory)
+    maps = [line.split() for line in open("/proc/self/maps") if line.rstrip().endswith("model.safetensors")]
+    spans = [tuple(int(x, 16) for x in f[0].split("-")) for f in maps]
+
+    def in_file(t):
+        return any(lo <= t.data_ptr() < hi for lo, hi in spans)
+    emb = back.model.embed_tokens
+    assert in_file(emb.qweight if mode != "bf16" else emb.weight)
+    assert not in_file(next(iter(back.model.layers[0].mlp.buffers())))
     assert torch.equal(Olmo2.from_pretrained(str(tmp_path / "q"))(ids), m(ids))  # the public API too
     with pytest.raises(CheckpointError, match="already quantized"):
         load_model(tmp_path / "q", quant="bf16" if mode != "bf16" else "int8")
@@ -230,15 +240,17 @@ def test_quantizing_by_row_blocks_is_exact(bpe_tok, monkeypatch, mode):
 
 def test_on_the_fly_load_releases_each_float_weight(float_ckpt, monkeypatch):
     """Quantizing a mapped checkpoint at load drops each float weight's file pages once its
-    quantized copy exists (every planned weight found in a tracked mapping), and the model
-    equals one quantized from an in-memory copy."""
+    quantized copy exists (every planned linear found in a tracked mapping), keeps the
+    embedding's float table mapped (rows converted on lookup), and the model equals one
+    quantized from an in-memory copy."""
     from olmo2 import checkpoint
     from olmo2.checkpoint import load_model
     released = []
     real = checkpoint.release_pages
     monkeypatch.setattr(checkpoint, "release_pages", lambda t: released.append(real(t)) or released[-1])
     m = load_model(float_ckpt, quant="int8")
-    assert released and all(released) and len(released) == len(m.quant_plan)
+    assert released and all(released) and len(released) == len(m.quant_plan) - 1  # all but the embedding
+    assert m.model.embed_tokens._rows is not None and m.model.embed_tokens._rows.dtype == torch.float32
     assert checkpoint._TRACKED is None  # tracking ends with the load
     ref = quantize_model(load_model(float_ckpt), "int8")
     ids = torch.tensor([[1, 5, 9, 200]])

@@ -12,7 +12,7 @@ import torch
 
 from olmo2.quant import formats
 from olmo2.quant.kernels import ENV, choose, cpu_kind, fbgemm_available
-from olmo2.quant.linear import BF16Linear, Int4Linear, Int8Embedding, Int8Linear
+from olmo2.quant.linear import BF16Embedding, BF16Linear, Int4Linear, Int8Embedding, Int8Linear
 
 BF16_U = 2.0 ** -9          # unit roundoff of bf16 (8 significant bits, round to nearest)
 FP32_U = 2.0 ** -24
@@ -240,3 +240,28 @@ def test_load_path_imports_do_not_pull_in_dynamo():
             "print('torch._dynamo' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("cls", [Int8Embedding, BF16Embedding])
+def test_table_over_float_rows_equals_the_converted_table(cls):
+    """`over_rows` converts only the rows a lookup gathers; every format converts rows on
+    their own, so lookups, state_dict and a reload equal the table converted whole."""
+    w = torch.randn(50, 24, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.01, 5, 50)[:, None]
+    whole, lazy = cls.from_float(w), cls.over_rows(w)
+    ids = torch.tensor([[0, 7, 7, 49], [3, 1, 2, 0]])
+    assert torch.equal(lazy(ids), whole(ids)) and lazy(ids).dtype == torch.float32
+    sd, ref = lazy.state_dict(), whole.state_dict()
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+    fresh = cls.over_rows(torch.zeros_like(w))
+    fresh.load_state_dict(ref)  # loading real buffers drops the float rows
+    assert fresh._rows is None and torch.equal(fresh(ids), whole(ids))
+
+
+def test_table_over_float_rows_compiles_without_a_graph_break():
+    """The row quantizer has no data-dependent branch (formats._bf16_round_up), so a compiled
+    decode step stays one graph through the embedding."""
+    w = torch.randn(40, 16, generator=torch.Generator().manual_seed(4))
+    emb = Int8Embedding.over_rows(w)
+    ids = torch.tensor([[1, 39, 5]])
+    comp = torch.compile(emb, backend="aot_eager", fullgraph=True)
+    assert torch.equal(comp(ids), Int8Embedding.from_float(w)(ids))

@@ -31,12 +31,12 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 def _bf16_round_up(x: torch.Tensor) -> torch.Tensor:
     """The smallest bf16 value >= x (x >= 0 fp32): round to nearest, then step up one ulp
-    where that went down. bf16 is the top half of fp32, so +1 on the int16 view is an ulp."""
+    where that went down. bf16 is the top half of fp32, so +1 on the int16 view is an ulp.
+    No `if low.any()`: a data-dependent branch would split a compiled decode step in two
+    where an embedding quantizes its looked-up rows (linear.py, `_RowTable.over_rows`)."""
     b = x.to(torch.bfloat16)
     low = b.float() < x
-    if bool(low.any()):
-        b = torch.where(low, (b.view(torch.int16) + 1).view(torch.bfloat16), b)
-    return b
+    return torch.where(low, (b.view(torch.int16) + 1).view(torch.bfloat16), b)
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -302,19 +302,84 @@ class BF16Linear(_QuantLinear):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-class Int8Embedding(_Quantized):
+class _RowTable(_Quantized):
+    """An embedding table in a quantized format, optionally *over a float table's rows*.
+
+    `over_rows(w)` keeps `w` — the checkpoint's float table, a view of its memory-mapped
+    file (olmo2/checkpoint.py) — and converts only the rows each lookup gathers. Every
+    format here converts each row on its own (bf16 rounding is per element, int8 has one
+    scale per row), so the rows come out bit for bit as from the converted whole table.
+    Why: the 1B's 100352 x 2048 table is 0.38 GiB in bf16 and 0.19 GiB in int8 of
+    anonymous memory that a decode never reads, as much as 30% of the int4 model; mapped,
+    only the pages of the rows looked up become resident, and as clean file pages the
+    kernel can drop them under pressure (measured: benchmarks/RESULTS.md, "peak_rss.py").
+    The stored buffers are then placeholders of the full shape (one element, expanded);
+    `state_dict()` converts the table block by block, so saving writes the same format."""
+
+    BUFFERS: tuple[tuple[str, torch.dtype, bool], ...] = ()  # (name, dtype, per row only)
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, out_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, out_dtype
+        for name, dtype, per_row in self.BUFFERS:
+            shape = (num_embeddings,) if per_row else (num_embeddings, embedding_dim)
+            self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
+        self.register_buffer("_rows", None, persistent=False)
+
+    @classmethod
+    def over_rows(cls, w: torch.Tensor) -> "_RowTable":
+        """A table converting the rows of float `w` [V, D] on lookup (see the class docstring)."""
+        m = cls(w.shape[0], w.shape[1], out_dtype=w.dtype, device="meta")
+        for name, dtype, per_row in cls.BUFFERS:
+            shape = (w.shape[0],) if per_row else tuple(w.shape)
+            setattr(m, name, torch.zeros(1, dtype=dtype, device=w.device).expand(shape))
+        m._rows = w.detach()
+        return m
+
+    def _convert(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Float rows [n, D] → this format's buffers for them, in BUFFERS order."""
+        raise NotImplementedError
+
+    def _lookup(self, bufs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Gathered buffers → rows in the compute dtype."""
+        raise NotImplementedError
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._rows is None:
+            return self._lookup(tuple(getattr(self, n)[ids] for n, _, _ in self.BUFFERS))
+        flat = ids.reshape(-1)
+        return self._lookup(self._convert(self._rows[flat])).reshape(*ids.shape, self.embedding_dim)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._rows is not None:  # the placeholders out, the converted table in
+            rows = max(1, (1 << 22) // max(1, self.embedding_dim))  # 16 MiB fp32 blocks: small temporaries
+            full = [torch.empty(getattr(self, n).shape, dtype=dt) for n, dt, _ in self.BUFFERS]
+            for r in range(0, self.num_embeddings, rows):
+                for dst, part in zip(full, self._convert(self._rows[r:r + rows])):
+                    dst[r:r + part.shape[0]] = part
+            for (n, _, _), t in zip(self.BUFFERS, full):
+                destination[prefix + n] = t
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        if self._rows is not None:  # real buffers to load into again
+            for name, dtype, _ in self.BUFFERS:
+                setattr(self, name, torch.empty(getattr(self, name).shape, dtype=dtype))
+            self._rows = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def prepare(self) -> None:
+        pass
+
+
+class Int8Embedding(_RowTable):
     """Rows stored int8 with a bf16 scale each; a lookup dequantizes only the rows it gathers.
 
     Why int8 for the embedding in every mode: a token reads one row, so its storage costs
     nothing per decoded token, only memory (the 1B's 100k x 2048 table is 0.82 GB fp32,
     0.21 GB int8); int8 keeps it at a per-row error of half a step (the report measures it)."""
     fmt = "int8"
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, out_dtype: torch.dtype = torch.float32, device=None):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, out_dtype
-        self.register_buffer("qweight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
-        self.register_buffer("scales", torch.empty(num_embeddings, dtype=torch.bfloat16, device=device))
+    BUFFERS = (("qweight", torch.int8, False), ("scales", torch.bfloat16, True))
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> "Int8Embedding":
@@ -322,22 +387,19 @@ class Int8Embedding(_Quantized):
         m.qweight, m.scales = formats.quantize_int8(w)
         return m
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return (self.qweight[ids].float() * self.scales[ids].float()[..., None]).to(self.out_dtype)
+    def _convert(self, rows):
+        return formats.quantize_int8(rows)
 
-    def prepare(self) -> None:
-        pass
+    def _lookup(self, bufs):
+        q, s = bufs
+        return (q.float() * s.float()[..., None]).to(self.out_dtype)
 
 
-class BF16Embedding(_Quantized):
+class BF16Embedding(_RowTable):
     """A bf16 table whose lookups are returned in the compute dtype (the residual stream
     must not silently become bf16)."""
     fmt = "bf16"
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, out_dtype: torch.dtype = torch.float32, device=None):
-        super().__init__()
-        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, out_dtype
-        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.bfloat16, device=device))
+    BUFFERS = (("weight", torch.bfloat16, False),)
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> "BF16Embedding":
@@ -345,8 +407,8 @@ class BF16Embedding(_Quantized):
         m.weight = w.detach().to(torch.bfloat16).contiguous()
         return m
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids].to(self.out_dtype)
+    def _convert(self, rows):
+        return (rows.to(torch.bfloat16),)
 
-    def prepare(self) -> None:
-        pass
+    def _lookup(self, bufs):
+        return bufs[0].to(self.out_dtype)

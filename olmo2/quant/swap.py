@@ -22,7 +22,10 @@ Rules (each measured; see benchmarks/RESULTS.md, "Quantized kernels" and the qua
   `lm_head="int8"` keeps it at int8 in int4 mode (what llama.cpp's Q4_0 does with Q6_K),
   for when the report shows the int4 head costs too much quality.
 - **Embedding**: int8 rows in int8/int4 mode, bf16 in bf16 mode. A decode step gathers one
-  row, so the table's format never costs speed, only memory: int8 is 1/4 of fp32.
+  row, so the table's format never costs speed, only memory: int8 is 1/4 of fp32. When
+  the float table is a view of the checkpoint file being loaded (quantizing at load), it
+  stays there and lookups convert their rows (linear.py `_RowTable.over_rows`: the same
+  values, none of the table resident until read).
 
 Order (quantize_model): the largest modules first, each packed for its kernels as soon as
 it is quantized. Packing all at the end held every bf16 plain weight while the packed
@@ -150,11 +153,14 @@ def _from_float_by_rows(cls, w: torch.Tensor, *args, release=None) -> nn.Module:
     return m
 
 
-def quantized_module(old: nn.Module, tp: TensorPlan, release=None) -> nn.Module:
-    """The quantized module holding `old`'s weight in format `tp` (`release`: see below)."""
+def quantized_module(old: nn.Module, tp: TensorPlan, release=None, map_rows: bool = False) -> nn.Module:
+    """The quantized module holding `old`'s weight in format `tp` (`release`: see below;
+    `map_rows`: an embedding keeps `old`'s float table and converts the rows it looks up)."""
     w = old.weight.detach()
     if isinstance(old, nn.Embedding):
         cls = {"int8": Int8Embedding, "bf16": BF16Embedding}[tp.fmt]
+        if map_rows:
+            return cls.over_rows(w)
         return _from_float_by_rows(cls, w, release=release)
     if tp.fmt == "int4":
         m = _from_float_by_rows(Int4Linear, w, tp.group_size, release=release)
@@ -169,8 +175,8 @@ def quantized_module_releasing(old: nn.Module, tp: TensorPlan) -> nn.Module:
     they are quantized (olmo2/checkpoint.py release_pages): quantizing a memory-mapped fp32
     checkpoint on the fly then peaks near the quantized size instead of holding every fp32
     page it read (a no-op for weights that are not in a tracked mapping)."""
-    from olmo2.checkpoint import release_pages
-    m = quantized_module(old, tp, release=release_pages)
+    from olmo2.checkpoint import is_mapped, release_pages
+    m = quantized_module(old, tp, release=release_pages, map_rows=is_mapped(old.weight))
     return_free_memory()
     m.prepare()  # packed now, while little else is resident (module docstring, "Order")
     return_free_memory()
