@@ -210,10 +210,11 @@ def test_avx2_dispatch_never_picks_avx512_only_kernels(monkeypatch):
         monkeypatch.setattr(kernels, "native_available", lambda: False)
         assert choose("int4", "decode") == "reference" and choose("bf16", "decode") == "reference"
         assert choose("int8", "decode") in ("fbgemm", "reference")
-        # with it, decode runs its AVX2 path in every format; prefill keeps the choice above
+        # with it, decode runs its AVX2 path in every format, and int4 prefill too (its
+        # alternative dequantizes the whole weight per call); bf16 prefill keeps the upcast
         monkeypatch.setattr(kernels, "native_available", lambda: True)
         assert {choose(f, "decode") for f in ("int8", "int4", "bf16")} == {"native"}
-        assert choose("int4", "prefill") == "reference" and choose("bf16", "prefill") == "reference"
+        assert choose("int4", "prefill") == "native" and choose("bf16", "prefill") == "reference"
         assert choose("int8", "decode", native_fits=False) in ("fbgemm", "reference")
     finally:
         kernels.cpu_kind.cache_clear()

@@ -36,8 +36,9 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   int8 to ~15 bits split into two int8 digits (two vpdpbusd / vpmaddubsw per weight load;
   one 8-bit digit, llama.cpp's Q8_0 scheme, cost ~0.5 points of top-1 on the demo model),
   int4 to one int8 digit; they stream the canonical weights as stored (no packed copy).
-  Under `auto` it runs decode, plus int4 and int8 prefill on AVX-512 (no packed copy in
-  either); other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
+  Under `auto` it runs decode, plus int4 prefill (on AVX2 too: 54 vs the reference
+  path's 17 GFLOP/s at 128 rows) and int8 prefill on AVX-512 (no packed copy in either);
+  other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
   rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
   int4 prefill: 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
   int8 prefill runs gemm.c, a register-blocked GEMM (4 x 4 tiles of vpdpbusd on blocks
@@ -165,10 +166,13 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
     if want == "mkldnn":
         return "mkldnn" if fmt == "bf16" and mkldnn_available() else "reference"
     # auto: the measured winners (benchmarks/RESULTS.md, "Quantized kernels").
-    if fmt == "int4" and native_ok and kind.avx512:
+    if fmt == "int4" and native_ok:
         # int4 prefill too: at 128 rows the native kernel did 105 GFLOP/s vs aten's 69 (1
         # thread, same run, benchmarks/RESULTS.md), and then aten's packed copy of the
-        # weights is never built: an int4 model holds one copy instead of two.
+        # weights is never built: an int4 model holds one copy instead of two. On an
+        # AVX2-only CPU the alternative is the reference path (dequantize the whole weight
+        # per call): its AVX2 code, forced on the Intel host (OLMO2_NATIVE_ISA=avx2, 1
+        # thread, 2026-11-29), did 54 vs 17 GFLOP/s at 128 rows and 72 vs 3 at 16.
         return "native"
     if fmt == "int8" and phase == "prefill" and native_ok and _native_module().isa() == "avx512":
         # gemm.c's VNNI GEMM: ~2x aten's int8 prefill, with decode's activation precision
