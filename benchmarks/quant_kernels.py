@@ -12,7 +12,9 @@ GB/s = weight bytes read (codes + scales) / median time; "% of probe" divides by
 bandwidth measured in the same run (torch fp32 sum over 512 MB, the figure decode is
 bounded by). "est. 1B tok/s" scales the per-weight time to the 1B's 1.279 B weights read
 per token (16 blocks + LM head). Prefill: 128 rows through one block (7 matmuls), reported
-as GFLOP/s and as the 1B prefill tok/s it implies.
+as GFLOP/s of wall time, in parentheses per second of this process's CPU time (at 1 thread
+the steadier figure on a shared host: it leaves out the time other jobs held the core), and
+as the 1B prefill tok/s the wall figure implies.
 
 Kernel `native` is olmo2's own C kernels (olmo2/quant/native.py); `native-avx2` the same
 library forced onto its AVX2 code path (what an AVX2-only CPU such as AMD Zen 3 runs). Its
@@ -82,19 +84,24 @@ def set_kernel(kernel: str) -> None:
         native.reset()
 
 
-def time_pass(mods, rows: int, kernel: str, reps: int) -> float:
+def time_pass(mods, rows: int, kernel: str, reps: int, cpu: list | None = None) -> float:
+    """Median wall seconds of one pass; `cpu` (if given) gets the median CPU seconds of this
+    process per pass, which at 1 thread leaves out the time other jobs held the core."""
     from olmo2.quant import native
     set_kernel(kernel.replace("-rows", ""))
     xs = {m.in_features: torch.randn(rows, m.in_features) for m in mods}
     with torch.inference_mode(), native.per_row() if kernel.endswith("-rows") else contextlib.nullcontext():
         for m in mods:
             m(xs[m.in_features])   # warm-up; packs the kernel's layout
-        ts = []
+        ts, cs = [], []
         for _ in range(reps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for m in mods:
                 m(xs[m.in_features])
             ts.append(time.perf_counter() - t)
+            cs.append(time.process_time() - c)
+    if cpu is not None:
+        cpu.append(statistics.median(cs))
     return statistics.median(ts)
 
 
@@ -129,7 +136,7 @@ def main() -> None:
         keep = set(args.only.split(","))
         rows = [r for r in rows if f"{r[0]}:{r[1]}" in keep or f"{r[0]}:{r[1]}:{r[2]}" in keep]
     print("| weights | kernel | decode ms/pass | GB/s | % of probe | est. 1B decode tok/s | "
-          f"prefill {args.prefill_rows} rows GFLOP/s | est. 1B prefill tok/s |")
+          f"prefill {args.prefill_rows} rows GFLOP/s (per CPU-s) | est. 1B prefill tok/s |")
     print("|---|---|---|---|---|---|---|---|")
     for fmt, kernel, gs in rows:
         # the reference path dequantizes per call: time it on one block only, it is slow
@@ -145,10 +152,11 @@ def main() -> None:
         if args.no_prefill:
             pre = "– | –"
         else:
-            tp = time_pass(mods[:len(BLOCK)], args.prefill_rows, kernel, max(2, args.reps // 2))
+            cpu = []
+            tp = time_pass(mods[:len(BLOCK)], args.prefill_rows, kernel, max(3, args.reps // 2), cpu)
             flops = 2 * args.prefill_rows * sum(o * i for o, i in BLOCK)
             pre_tok_s = args.prefill_rows / (tp * WEIGHTS_PER_TOKEN / sum(o * i for o, i in BLOCK))
-            pre = f"{flops / tp / 1e9:.0f} | {pre_tok_s:.0f}"
+            pre = f"{flops / tp / 1e9:.0f} ({flops / cpu[0] / 1e9:.0f}) | {pre_tok_s:.0f}"
         print(f"| {name} | {kernel} | {1e3 * t:.1f} | {gbs:.1f} | {100 * gbs / bw:.0f}% | {tok_s:.1f} | {pre} |",
               flush=True)
         del mods

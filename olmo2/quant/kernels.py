@@ -41,7 +41,7 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
   rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
   int4 prefill: 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
-  int8 prefill runs gemm.c, a register-blocked GEMM (4 x 4 tiles of vpdpbusd on blocks
+  int8 prefill runs gemm.c, a register-blocked GEMM (4 x 6 tiles of vpdpbusd on blocks
   whose int32 lanes span 8 chunks, so one convert + FMA per 8): at 128 rows, 1 thread, on
   the 1B's shapes, 166-189 GFLOP/s vs aten's 81-87 (2026-11-29, benchmarks/RESULTS.md
   "Native int8 prefill GEMM"); gemv.c's per-row kernel did 54 vs 68. It keeps the decode
