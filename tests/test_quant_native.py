@@ -284,8 +284,8 @@ def _gemm_act_bound(x, w_abs):
     return (xs / 2) @ wb.T
 
 
-@pytest.mark.parametrize("k", [64, 2048])
-@pytest.mark.parametrize("m", [16, 17, 63, 128])
+@pytest.mark.parametrize("m,k", [(m, k) for m in (16, 17, 63, 128) for k in (64, 2048)] +
+                         [(130, 2048 + 576)])   # two M blocks of gemm.c, two K slices (the last partial)
 def test_int8_gemm_vs_float_and_emulation(use_isa, m, k):
     assert m >= native.INT8_GEMM_ROWS       # these row counts take the GEMM
     n = 37                                  # odd: a partial 4-row (and 2-row) weight tile
@@ -306,7 +306,7 @@ def test_int8_gemm_vs_float_and_emulation(use_isa, m, k):
 
 
 def test_int8_gemm_threads_bitwise_and_prefill_choice(use_isa, monkeypatch):
-    n, k, m = 301, 1024 + 64, 19    # 301 rows: no thread split is even; K: a partial group
+    n, k, m = 301, 3136, 19    # 301 rows: no thread split is even; K: two slices, a partial group
     w, x = _w(n, k, seed=9), _x(m, k, seed=3)
     q, s = formats.quantize_int8(w)
     old = torch.get_num_threads()
