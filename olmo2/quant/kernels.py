@@ -46,9 +46,9 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   the 1B's shapes, 166-189 GFLOP/s vs aten's 81-87 (2026-11-29, benchmarks/RESULTS.md
   "Native int8 prefill GEMM"); gemv.c's per-row kernel did 54 vs 68. It keeps the decode
   kernel's ~15-bit activation, so the prefill rows of the quality report match decode's
-  instead of aten's bf16-rounded ones. On AVX2 its int8 prefill (vpmaddubsw, ~55 GFLOP/s
-  here under OLMO2_NATIVE_ISA=avx2) is no faster than what those CPUs run now, so AVX2
-  keeps fbgemm there.
+  instead of aten's bf16-rounded ones. The GEMM is AVX-512 only: an AVX2 version
+  (vpmaddubsw, ~55 GFLOP/s here under OLMO2_NATIVE_ISA=avx2) was slower than the per-row
+  kernel, so AVX2 CPUs keep fbgemm for int8 prefill.
   A shape it does not take (K not a multiple of its block) or a machine where it did not
   build keeps the choice below.
 - The reference path materialises the dequantized weight per call: slow, but it runs on
@@ -176,8 +176,8 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         return "native"
     if fmt == "int8" and phase == "prefill" and native_ok and _native_module().isa() == "avx512":
         # gemm.c's VNNI GEMM: ~2x aten's int8 prefill, with decode's activation precision
-        # (docstring). Keyed on the native ISA, not torch's: OLMO2_NATIVE_ISA=avx2 on an
-        # AVX-512 CPU runs the AVX2 GEMM, which is not faster than the choice below.
+        # (docstring). Keyed on the native ISA, not torch's: under OLMO2_NATIVE_ISA=avx2 an
+        # AVX-512 CPU runs what an AVX2 CPU does (per-row kernel), not faster than below.
         return "native"
     if phase == "decode" and native_ok and not (fmt == "bf16" and kind.bf16 and mkldnn_available()):
         # bf16 on a CPU with bf16 dot products keeps oneDNN in both phases: its prefill

@@ -47,10 +47,12 @@ import torch
 SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c"))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
 ABI = 5               # olmo2_native_abi() of the source this module speaks to
-# Rows from which int8_mm runs gemm.c's register-blocked GEMM instead of gemv.c's per-row
-# kernel: the GEMM tiles 4 activation rows at a time, and below ~16 rows decode is bound by
-# streaming the weight, which the GEMV does best (and kernels.PREFILL_ROWS starts there).
-INT8_GEMM_ROWS = 16
+# Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
+# gemv.c's per-row kernel. Measured on the 8192x2048 shape with the weights streamed from
+# memory (1 thread): at 1-2 rows the GEMV is 1.2-1.3x faster (it prefetches for streaming),
+# at 4 rows they tie, at 8 the GEMM is 1.34x faster and at 16 1.57x, so batched decode steps
+# of 8+ requests take it too. On AVX2 the per-row kernel stays at every row count (gemm.c).
+INT8_GEMM_ROWS = 8
 _gemm_rows = [INT8_GEMM_ROWS]   # per_row() lifts it: the quality report's decode rows
 ISAS = {"avx2": 1, "avx512": 2}
 # Shapes the C entry points take (checked here so a call never returns an error code).
@@ -202,7 +204,8 @@ def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
 
 def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     # the row count picks the kernel (a static shape under torch.compile: one graph each)
-    return _mm("int8_prefill" if x.shape[0] >= _gemm_rows[0] else "int8", x, w.shape[0], _ptr(w), _ptr(s))
+    gemm = x.shape[0] >= _gemm_rows[0] and _state["isa"] == ISAS["avx512"]
+    return _mm("int8_prefill" if gemm else "int8", x, w.shape[0], _ptr(w), _ptr(s))
 
 
 @contextlib.contextmanager
@@ -260,8 +263,8 @@ def _(x, w):
 def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x [M, K] @ (qweight int8 [N, K] * scales bf16 [N])^T in fp32, x quantized per block of
     32 columns to ~15 bits (|x - x̂| <= amax_b / 32766 per element; exact integer products).
-    Blocks are contiguous below INT8_GEMM_ROWS rows (gemv.c) and strided from there (gemm.c's
-    header: the 32 columns one int32 lane meets over 8 chunks of 64)."""
+    Blocks are contiguous below INT8_GEMM_ROWS rows or on AVX2 (gemv.c), strided from there on
+    AVX-512 (gemm.c's header: the 32 columns one int32 lane meets over 8 chunks of 64)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_int8_mm(x, qweight, scales)
     return _int8(x, qweight, scales)

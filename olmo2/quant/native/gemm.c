@@ -41,11 +41,12 @@
  *   |128 sum q hi| <= 128 * 32*127*128 = 66584576, + |sum lo q| <= 32*127*127 = 516128:
  *   < 67.2e6 < 2^31. The int32 -> fp32 convert rounds above 2^24 (relative error <= 2^-24,
  *   part of the fp32 slack the tests allow); everything before it is exact.
- * AVX2 (AMD Zen 3: no VNNI): the same integers from vpmaddubsw with llama.cpp's sign trick
- * (|hi| times sign(q, hi): int16 pair sums <= 2*128*127 = 32512, no saturation) and
- * vpmaddwd by ones, accumulated in two ymm per pair (lanes 0-7, 8-15); no hcorr needed.
- * Both paths then do the same fp32 operations per lane in the same order (one FMA per
- * block, the same 16-lane reduction tree), so AVX2 and AVX-512 results are bitwise equal.
+ * AVX-512 VNNI only. An AVX2 version of this tile (vpmaddubsw with llama.cpp's sign trick,
+ * 2 x 2 tiles in 16 ymm) was written, tested bitwise equal, and measured slower than gemv.c's
+ * per-row AVX2 kernel at every row count (1 thread, weights streamed: 7.2 vs 5.0 ms at 8
+ * rows, 11.8 vs 9.3 at 16; ~55 GFLOP/s at 128 rows either way): without vpdpbusd each
+ * (row, row, 32 columns) costs ~7 ops either way, and the small tile spills. So AVX2 CPUs
+ * keep gemv.c for every row count (native.py dispatches), and fbgemm for int8 prefill.
  *
  * Blocking: the output is cut into tiles of MR activation rows x NR weight rows; a tile
  * keeps its MR*NR (4 x 6) int32 accumulators in registers across a group and its fp32 sums in L1
@@ -73,10 +74,10 @@
 #endif
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-#define T256 __attribute__((target("avx2,fma")))
+#define T256 __attribute__((target("avx2,fma"))) /* the activation packing only */
 #define INLINE inline __attribute__((always_inline))
 
-enum { ISA_AVX2 = 1, ISA_AVX512 = 2 };
+enum { ISA_AVX512 = 2 };
 
 /* acc += vpdpbusd(u8 a, s8 b), b from a register or straight from memory. Inline asm, not
  * the intrinsic: with the intrinsic GCC 12 copied every accumulator to a scratch register
@@ -99,8 +100,7 @@ static INLINE float bf16f(uint16_t h) {
     return f;
 }
 
-/* ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) of an 8-lane sum: the one reduction order both
- * ISAs use, so their results agree bit for bit. */
+/* ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)) of an 8-lane sum. */
 static T256 INLINE float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -108,10 +108,10 @@ static T256 INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Quantize one activation row (see the header). AVX2, shared by both paths (the AVX-512
- * CPUs have it). Per group: pass 1 takes each lane's |max| over the group's chunks; pass 2
- * rounds (cvtps: nearest even, torch.round's rule), splits and packs the digits and sums hi
- * per lane. amax > 0 gives xq in [-16383, 16383] (fl(amax * fl(16383 / amax)) < 16383.5,
+/* Quantize one activation row (see the header). AVX2 code (every AVX-512 CPU has it). Per
+ * group: pass 1 takes each lane's |max| over the group's chunks; pass 2 rounds (cvtps:
+ * nearest even, torch.round's rule), splits and packs the digits and sums hi per lane.
+ * amax > 0 gives xq in [-16383, 16383] (fl(amax * fl(16383 / amax)) < 16383.5,
  * see gemv.c); an all-zero block gets scale 0 and zero digits. */
 static T256 void quantize_row(const float *x, int K, int8_t *hi, int8_t *lo, int32_t *hcorr, float *sc) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -223,81 +223,10 @@ static T512 INLINE void tile512(const int mr, const int nr, const int8_t *w, siz
     for (int m = 0; m < mr; m++)
 #pragma GCC unroll 8
         for (int n = 0; n < nr; n++) {
-            /* lanes 0-7 + lanes 8-15, then hsum8: the AVX2 path's order */
+            /* lanes 0-7 + lanes 8-15, then hsum8 */
             const float *fp = f + 16 * (m * NR + n);
             const __m256 lo8 = _mm256_load_ps(fp), hi8 = _mm256_load_ps(fp + 8);
             float r = hsum8(_mm256_add_ps(lo8, hi8));
-            if (!first) r = out[m * ldo + n] + r;
-            out[m * ldo + n] = last ? bf16f(ws[n]) * r : r;
-        }
-}
-
-/* The same tile on AVX2 (see the header): per pair two int32 accumulators (lanes 0-7 and
- * 8-15 of each 64-column chunk) and two fp32 ones, so MR x NR = 2 x 2 fits 16 ymm. */
-#define MR2 2
-#define NR2 2
-static T256 INLINE void tile256(const int mr, const int nr, const int8_t *w, size_t ldw, int c0, int c1,
-                                const grow *xr, const uint16_t *ws, float *out, size_t ldo, int first, int last) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 f[MR2][NR2][2];
-#pragma GCC unroll 2
-    for (int m = 0; m < mr; m++)
-#pragma GCC unroll 2
-        for (int n = 0; n < nr; n++) f[m][n][0] = f[m][n][1] = _mm256_setzero_ps();
-    for (int ca = c0; ca < c1; ca += GCHUNKS) {
-        const int cb = ca + GCHUNKS < c1 ? ca + GCHUNKS : c1, g = ca / GCHUNKS;
-        __m256i a[MR2][NR2][2];
-#pragma GCC unroll 2
-        for (int m = 0; m < mr; m++)
-#pragma GCC unroll 2
-            for (int n = 0; n < nr; n++) a[m][n][0] = a[m][n][1] = _mm256_setzero_si256();
-        for (int c = ca; c < cb; c++)
-#pragma GCC unroll 2
-            for (int h = 0; h < 2; h++)
-#pragma GCC unroll 2
-                for (int m = 0; m < mr; m++) {
-                    const __m256i hv = _mm256_loadu_si256((const __m256i *)(xr[m].hi + 64 * c + 32 * h));
-                    const __m256i ha = _mm256_sign_epi8(hv, hv); /* |hi|; -128 -> byte 0x80 = 128 unsigned */
-#pragma GCC unroll 2
-                    for (int n = 0; n < nr; n++) {
-                        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + n * ldw + 64 * c + 32 * h));
-                        const __m256i p = _mm256_maddubs_epi16(ha, _mm256_sign_epi8(q, hv));
-                        a[m][n][h] = _mm256_add_epi32(a[m][n][h], _mm256_madd_epi16(p, ones));
-                    }
-                }
-#pragma GCC unroll 2
-        for (int m = 0; m < mr; m++)
-#pragma GCC unroll 2
-            for (int n = 0; n < nr; n++)
-                a[m][n][0] = _mm256_slli_epi32(a[m][n][0], 7), a[m][n][1] = _mm256_slli_epi32(a[m][n][1], 7);
-        for (int c = ca; c < cb; c++)
-#pragma GCC unroll 2
-            for (int h = 0; h < 2; h++)
-#pragma GCC unroll 2
-                for (int m = 0; m < mr; m++) {
-                    const __m256i l = _mm256_loadu_si256((const __m256i *)(xr[m].lo + 64 * c + 32 * h));
-#pragma GCC unroll 2
-                    for (int n = 0; n < nr; n++) {
-                        const __m256i q = _mm256_loadu_si256((const __m256i *)(w + n * ldw + 64 * c + 32 * h));
-                        /* lo <= 127, |q| <= 127: pair sums <= 32258 */
-                        a[m][n][h] = _mm256_add_epi32(a[m][n][h], _mm256_madd_epi16(_mm256_maddubs_epi16(l, q), ones));
-                    }
-                }
-#pragma GCC unroll 2
-        for (int m = 0; m < mr; m++) {
-            const __m256 s0 = _mm256_loadu_ps(xr[m].sc + 16 * g), s1 = _mm256_loadu_ps(xr[m].sc + 16 * g + 8);
-#pragma GCC unroll 2
-            for (int n = 0; n < nr; n++) {
-                f[m][n][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[m][n][0]), s0, f[m][n][0]);
-                f[m][n][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[m][n][1]), s1, f[m][n][1]);
-            }
-        }
-    }
-#pragma GCC unroll 2
-    for (int m = 0; m < mr; m++)
-#pragma GCC unroll 2
-        for (int n = 0; n < nr; n++) {
-            float r = hsum8(_mm256_add_ps(f[m][n][0], f[m][n][1]));
             if (!first) r = out[m * ldo + n] + r;
             out[m * ldo + n] = last ? bf16f(ws[n]) * r : r;
         }
@@ -312,20 +241,11 @@ static T512 void tile512_any(int mr, int nr, const int8_t *w, size_t ldw, int c0
     switch (mr * 8 + nr) { T512_ROW(4) T512_ROW(3) T512_ROW(2) T512_ROW(1) }
 }
 
-#define T256_CASE(R, C) \
-    case (R) * 8 + (C): tile256(R, C, w, ldw, c0, c1, xr, ws, out, ldo, first, last); break;
-static T256 void tile256_any(int mr, int nr, const int8_t *w, size_t ldw, int c0, int c1, const grow *xr,
-                             const uint16_t *ws, float *out, size_t ldo, int first, int last) {
-    switch (mr * 8 + nr) {
-        T256_CASE(2, 2) T256_CASE(2, 1) T256_CASE(1, 2) T256_CASE(1, 1)
-    }
-}
-
 /* Entry point (shapes checked by native.py): K % 64 == 0. Returns 0, -1 for an unknown
  * ISA or shape, -2 when out of memory. */
 int olmo2_int8_prefill_mm(int isa, int nthreads, const float *x, int M, int K, const int8_t *w, const uint16_t *scales,
                     int N, float *y) {
-    if (K % 64 || (isa != ISA_AVX2 && isa != ISA_AVX512) || M <= 0 || N <= 0) return -1;
+    if (K % 64 || isa != ISA_AVX512 || M <= 0 || N <= 0) return -1;
     const int nc = K / 64, ng = (nc + GCHUNKS - 1) / GCHUNKS;
     /* per row: hi, lo (K bytes each), then hcorr and sc (16 lanes of 4 bytes per group);
      * a multiple of 64 bytes, so every row's arrays start cache-line aligned */
@@ -337,8 +257,7 @@ int olmo2_int8_prefill_mm(int isa, int nthreads, const float *x, int M, int K, c
         free(rows);
         return -2;
     }
-    const int mr_max = isa == ISA_AVX512 ? MR : MR2, nr_max = isa == ISA_AVX512 ? NR : NR2;
-    const int ntiles = (N + nr_max - 1) / nr_max, cs = KSLICE / 64;
+    const int ntiles = (N + NR - 1) / NR, cs = KSLICE / 64;
 #pragma omp parallel num_threads(nthreads)
     {
         /* the tile's fp32 block sums: in memory, touched once per group, so that the 16
@@ -361,15 +280,11 @@ int olmo2_int8_prefill_mm(int isa, int nthreads, const float *x, int M, int K, c
                 const int c1 = c0 + cs < nc ? c0 + cs : nc, first = c0 == 0, last = c1 == nc;
 #pragma omp for schedule(static)
                 for (int t = 0; t < ntiles; t++) {
-                    const int n0 = t * nr_max, nr = N - n0 < nr_max ? N - n0 : nr_max;
-                    for (int mm = m0; mm < m1; mm += mr_max) {
-                        const int mr = m1 - mm < mr_max ? m1 - mm : mr_max;
-                        if (isa == ISA_AVX512)
-                            tile512_any(mr, nr, w + (size_t)n0 * K, K, c0, c1, rows + mm, scales + n0,
-                                        y + (size_t)mm * N + n0, N, first, last, facc);
-                        else
-                            tile256_any(mr, nr, w + (size_t)n0 * K, K, c0, c1, rows + mm, scales + n0,
-                                        y + (size_t)mm * N + n0, N, first, last);
+                    const int n0 = t * NR, nr = N - n0 < NR ? N - n0 : NR;
+                    for (int mm = m0; mm < m1; mm += MR) {
+                        const int mr = m1 - mm < MR ? m1 - mm : MR;
+                        tile512_any(mr, nr, w + (size_t)n0 * K, K, c0, c1, rows + mm, scales + n0,
+                                    y + (size_t)mm * N + n0, N, first, last, facc);
                     }
                 }
             }
