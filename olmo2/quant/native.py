@@ -204,7 +204,8 @@ def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
 
 def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     # the row count picks the kernel (a static shape under torch.compile: one graph each)
-    gemm = x.shape[0] >= _gemm_rows[0] and _state["isa"] == ISAS["avx512"]
+    _lib()  # loads the library (and sets _state["isa"]) on a first call made before available()
+    gemm = x.shape[0] >= _gemm_rows[0] and _state.get("isa") == ISAS["avx512"]
     return _mm("int8_prefill" if gemm else "int8", x, w.shape[0], _ptr(w), _ptr(s))
 
 
