@@ -37,7 +37,7 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   one 8-bit digit, llama.cpp's Q8_0 scheme, cost ~0.5 points of top-1 on the demo model),
   int4 to one int8 digit; they stream the canonical weights as stored (no packed copy).
   Under `auto` it runs decode, plus int4 prefill (on AVX2 too: 54 vs the reference
-  path's 17 GFLOP/s at 128 rows) and int8 prefill on AVX-512 (no packed copy in either);
+  path's 17 GFLOP/s at 128 rows) and int8 prefill (no packed copy in either);
   other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
   rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
   int4 prefill: 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
@@ -48,7 +48,7 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   kernel's ~15-bit activation, so the prefill rows of the quality report match decode's
   instead of aten's bf16-rounded ones. The GEMM is AVX-512 only: an AVX2 version
   (vpmaddubsw, ~55 GFLOP/s here under OLMO2_NATIVE_ISA=avx2) was slower than the per-row
-  kernel, so AVX2 CPUs keep fbgemm for int8 prefill.
+  kernel, so AVX2 CPUs run int8 prefill on the per-row kernel, for quality (see `choose`).
   A shape it does not take (K not a multiple of its block) or a machine where it did not
   build keeps the choice below.
 - The reference path materialises the dequantized weight per call: slow, but it runs on
@@ -174,10 +174,16 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         # per call): its AVX2 code, forced on the Intel host (OLMO2_NATIVE_ISA=avx2, 1
         # thread, 2026-11-29), did 54 vs 17 GFLOP/s at 128 rows and 72 vs 3 at 16.
         return "native"
-    if fmt == "int8" and phase == "prefill" and native_ok and _native_module().isa() == "avx512":
-        # gemm.c's VNNI GEMM: ~2x aten's int8 prefill, with decode's activation precision
-        # (docstring). Keyed on the native ISA, not torch's: under OLMO2_NATIVE_ISA=avx2 an
-        # AVX-512 CPU runs what an AVX2 CPU does (per-row kernel), not faster than below.
+    if fmt == "int8" and phase == "prefill" and native_ok:
+        # AVX-512: gemm.c's VNNI GEMM, ~2x aten's int8 prefill, with decode's activation
+        # precision (docstring). AVX2 (gemv.c's per-row kernel): chosen for quality, not
+        # speed. The one fast alternative there is fbgemm, which quantizes the activation
+        # per tensor (7 bits on a CPU without VNNI) and lost the quality goal on the demo
+        # model (97.15% top-1 with 8 bits, goal 99%; native: 99.28%). Its AVX2 speed could
+        # not be timed here (on this Intel host fbgemm takes its VNNI path: 324 vs native
+        # AVX2's 53 GFLOP/s per CPU-second at 128 rows, 1 thread); 53 per core is about what
+        # llama.cpp's Q8_0 prompt reaches on the AMD host (~44 tok/s on 2 threads,
+        # docs/cpu-baseline.md), unmeasured there.
         return "native"
     if phase == "decode" and native_ok and not (fmt == "bf16" and kind.bf16 and mkldnn_available()):
         # bf16 on a CPU with bf16 dot products keeps oneDNN in both phases: its prefill
