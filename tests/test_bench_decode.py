@@ -69,3 +69,4 @@ def test_quick_run_prints_a_table(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[1]) > 0 and float(cells[2]) > 0   # decode and prompt tok/s
     assert cells[-1].endswith("×")                       # ratio to the bandwidth limit
+    assert cells[3].endswith("GiB") and float(cells[4].rstrip("×")) > 1  # peak RSS over the (tiny) weights
