@@ -289,7 +289,10 @@ def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.f
     """Load an OLMo 2 HF checkpoint as `Olmo2` in `dtype` (None keeps the stored dtype).
 
     `quant` (none | bf16 | int8 | int4) quantizes the weights on the fly; a directory
-    written by `olmo2 quantize` loads quantized whatever `quant` says (olmo2/quant/io.py)."""
+    written by `olmo2 quantize` loads quantized whatever `quant` says (olmo2/quant/io.py).
+    `quant="none"` (what inference verbs pass from `--quant`) also lets fp32 decode run
+    olmo2's own GEMV where kernels.choose("fp32", "decode") picks it (AVX2-only CPUs;
+    olmo2/quant/f32.py); None, the default of training and conversion, loads plain modules."""
     dtype = parse_dtype(dtype)
     d = resolve(path_or_id)
     from olmo2.quant.io import is_quantized, load_for_inference
@@ -297,7 +300,11 @@ def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.f
         if torch.device(device).type != "cpu":
             raise CheckpointError(f"{d}: quantized weights run on the CPU only; load with device='cpu'")
         return load_for_inference(d, dtype, quant)
-    return load_float(d, dtype, device)
+    model = load_float(d, dtype, device)
+    if quant == "none" and torch.device(device).type == "cpu":
+        from olmo2.quant.f32 import use_native_f32
+        use_native_f32(model)  # no-op unless this CPU's fp32 decode runs the native kernel
+    return model
 
 
 def load_float(d: Path, dtype: torch.dtype | None, device: str | torch.device = "cpu") -> Olmo2:

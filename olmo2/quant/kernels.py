@@ -51,6 +51,13 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   kernel, so AVX2 CPUs run int8 prefill on the per-row kernel, for quality (see `choose`).
   A shape it does not take (K not a multiple of its block) or a machine where it did not
   build keeps the choice below.
+- fp32 (`choose("fp32", ...)`, olmo2/quant/f32.py's NativeF32Linear: plain float models,
+  `--quant none`): "native" (olmo2/quant/native/f32.c) for decode on CPUs without AVX-512
+  (the AMD Zen 3 kind, where MKL's fp32 GEMV streamed ~13.6 GB/s vs llama.cpp's 22-25:
+  docs/cpu-baseline.md), or under OLMO2_QUANT_KERNEL=native; else "torch" (F.linear: MKL).
+  On this Intel host MKL's sgemv is at the bandwidth, so nothing changes here by default;
+  the AVX2 loop's speed on AMD is unmeasured (benchmarks/RESULTS.md, "Native fp32 GEMV").
+  OLMO2_NATIVE_ISA=avx2 makes this host choose as the AMD kind does (tests, benchmarks).
 - The reference path materialises the dequantized weight per call: slow, but it runs on
   any CPU and any PyTorch build, and it is what the tests compare every kernel against.
 """
@@ -147,10 +154,30 @@ def _native_module():
     return native
 
 
+def _avx2_only() -> bool:
+    """No AVX-512 here (the AMD Zen 3 kind), or OLMO2_NATIVE_ISA=avx2 asks this host to
+    behave as such a CPU (the native library then runs its AVX2 paths too)."""
+    return "avx512f" not in cpu_flags() or os.environ.get("OLMO2_NATIVE_ISA", "").strip().lower() == "avx2"
+
+
+def _choose_fp32(want: str, phase: str, native_fits: bool) -> str:
+    """fp32 weights (module docstring): "native" or "torch". Prefill stays on torch's GEMM,
+    which reuses each weight load across rows; the env/CPU test runs before
+    native_available() so a host that keeps MKL never builds the library for it."""
+    if phase != "decode" or not native_fits:
+        return "torch"
+    if (want == "native" or (want == "auto" and _avx2_only())) and native_available():
+        return "native"
+    return "torch"
+
+
 def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
-    """The kernel for `fmt` ("int8", "int4", "bf16") in `phase` ("decode" or "prefill");
-    `native_fits`: whether the module's shape suits the native kernel (native.fits)."""
+    """The kernel for `fmt` ("int8", "int4", "bf16", "fp32") in `phase` ("decode" or
+    "prefill"); `native_fits`: whether the module's shape suits the native kernel
+    (native.fits). fp32 answers "native" or "torch" (plain F.linear)."""
     want = requested()
+    if fmt == "fp32":
+        return _choose_fp32(want, phase, native_fits)
     kind = cpu_kind()
     native_ok = native_fits and fmt in ("int8", "int4", "bf16") and native_available()
     if want == "native":

@@ -1,17 +1,18 @@
 """olmo2's own CPU matmul kernels (olmo2/quant/native/: gemv.c for decode, gemm.c for int8
-prefill), built on first use.
+prefill, f32.c for fp32 decode on AVX2-only CPUs), built on first use.
 
     from olmo2.quant import native
     if native.available():
         y = native.int8_mm(x, qweight, scales)           # fp32 [M, N] from fp32/bf16 x [M, K]
         y = native.int4_mm(x, packed, scales, zeros, 128)
         y = native.bf16_mm(x, weight_bf16)
+        y = native.f32_mm(x, weight_fp32)                 # olmo2/quant/f32.py's NativeF32Linear
 
     OLMO2_NATIVE=0            never build or use the library (kernels.py falls back)
     OLMO2_NATIVE_ISA=avx2     force the AVX2 code path on an AVX-512 CPU (what AMD Zen 3 runs)
     CC=...                    the C compiler (default: cc, then gcc)
 
-Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c` (one library) into the per-user cache
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c f32.c` (one library) into the per-user cache
 (`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
 the sha256 of the sources, the compiler's `--version` and the flags, so a changed source
 or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
@@ -44,9 +45,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c"))
+SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "f32.c"))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
-ABI = 5               # olmo2_native_abi() of the source this module speaks to
+ABI = 6               # olmo2_native_abi() of the source this module speaks to (6: + olmo2_f32_mm)
 # Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
 # gemv.c's per-row kernel. Measured on the 8192x2048 shape with the weights streamed from
 # memory (1 thread): at 1-2 rows the GEMV is 1.2-1.3x faster (it prefetches for streaming),
@@ -56,7 +57,7 @@ INT8_GEMM_ROWS = 8
 _gemm_rows = [INT8_GEMM_ROWS]   # per_row() lifts it: the quality report's decode rows
 ISAS = {"avx2": 1, "avx512": 2}
 # Shapes the C entry points take (checked here so a call never returns an error code).
-INT8_K_MULTIPLE, INT4_K_MULTIPLE, BF16_K_MULTIPLE = 64, 128, 16
+INT8_K_MULTIPLE, INT4_K_MULTIPLE, BF16_K_MULTIPLE, F32_K_MULTIPLE = 64, 128, 16, 16
 INT4_GROUPS = (32, 64, 128, 256)
 
 _state: dict[str, object] = {}
@@ -113,7 +114,8 @@ def _load() -> ctypes.CDLL:
     lib.olmo2_int8_prefill_mm.argtypes = [i, i, f, i, i, p, p, i, f]
     lib.olmo2_int4_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
     lib.olmo2_bf16_mm.argtypes = [i, i, f, i, i, p, i, f]
-    for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_bf16_mm):
+    lib.olmo2_f32_mm.argtypes = [i, i, f, i, i, p, i, f]
+    for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_bf16_mm, lib.olmo2_f32_mm):
         fn.restype = ctypes.c_int
     _state["path"] = str(path)
     return lib
@@ -168,6 +170,8 @@ def fits(fmt: str, in_features: int, group_size: int | None = None) -> bool:
         return in_features % INT4_K_MULTIPLE == 0 and group_size in INT4_GROUPS and in_features % group_size == 0
     if fmt == "bf16":
         return in_features % BF16_K_MULTIPLE == 0
+    if fmt == "fp32":
+        return in_features % F32_K_MULTIPLE == 0
     return False
 
 
@@ -230,6 +234,10 @@ def _bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _mm("bf16", x, w.shape[0], _ptr(w))
 
 
+def _f32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _mm("f32", x, w.shape[0], _ptr(w))
+
+
 # The same functions as custom ops, for torch.compile (opaque to Inductor, one graph).
 @torch.library.custom_op("olmo2::native_int8_mm", mutates_args=())
 def _op_int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -246,6 +254,11 @@ def _op_bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _bf16(x, w)
 
 
+@torch.library.custom_op("olmo2::native_f32_mm", mutates_args=())
+def _op_f32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _f32(x, w)
+
+
 @_op_int8.register_fake
 def _(x, w, s):
     return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
@@ -257,6 +270,11 @@ def _(x, w, s, z, group_size):
 
 
 @_op_bf16.register_fake
+def _(x, w):
+    return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
+
+
+@_op_f32.register_fake
 def _(x, w):
     return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
 
@@ -284,3 +302,11 @@ def bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_bf16_mm(x, weight)
     return _bf16(x, weight)
+
+
+def f32_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ weight fp32 [N, K]^T in fp32 (fp32 FMA; f32.c). The weight must be dense fp32
+    (a Parameter's data as loaded); x is made fp32 and dense."""
+    if torch.compiler.is_compiling():
+        return torch.ops.olmo2.native_f32_mm(x, weight)
+    return _f32(x, weight)

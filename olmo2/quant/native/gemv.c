@@ -6,7 +6,8 @@
  *                                               of byte j), s/z bf16 per group of G columns
  *   bf16  w[n,k] bf16
  *
- * Built by olmo2/quant/native.py with plain `gcc -O3 -shared -fopenmp` (no -march): each
+ * Built by olmo2/quant/native.py with plain `gcc -O3 -shared -fopenmp` (no -march; with
+ * gemm.c and f32.c, the fp32 GEMV, into one library): each
  * SIMD body carries its own __attribute__((target(...))) and the caller picks one from
  * the CPU's flags, so the one cached .so runs on an AVX2-only CPU and never executes an
  * instruction the CPU lacks. No torch headers: it compiles in about a second.
@@ -72,7 +73,7 @@
 
 enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
-int olmo2_native_abi(void) { return 5; } /* with gemm.c: olmo2_int8_prefill_mm */
+int olmo2_native_abi(void) { return 6; } /* 5: gemm.c's olmo2_int8_prefill_mm; 6: f32.c's olmo2_f32_mm */
 
 /* 2 if AVX-512 F/BW/VNNI (and the OS saves zmm state: __builtin_cpu_supports checks),
  * 1 if AVX2+FMA, else 0. */
