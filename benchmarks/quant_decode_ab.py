@@ -4,6 +4,7 @@ one process (the A/B the kernel choice rests on; cpu_decode.py is the cross-syst
     python benchmarks/quant_decode_ab.py --model DIR --quant int8 --kernels native,aten --threads 1
     python benchmarks/quant_decode_ab.py --model DIR --quant bf16 --kernels native,mkldnn,aten
     python benchmarks/quant_decode_ab.py --model DIR --quant int8 --kernels native,aten --prefill --rounds 5
+    python benchmarks/quant_decode_ab.py --model DIR --quant none --kernels reference,native-avx2 --threads 2
 
 Loads MODEL once with `--quant` (quantized at load), then for `--rounds` rounds runs each
 kernel in turn (OLMO2_QUANT_KERNEL; `native-avx2` = native on its AVX2 path): prefill a
@@ -15,6 +16,10 @@ ratio of each kernel's per-round tok/s to the first kernel's in the same round.
 `--prefill` times the prompt instead (prompt tok/s of `Decoder.start` on a `--prompt-len`
 prompt, default 128: one prefill chunk, the LM head on its last position only, as
 cpu_decode.py's prompt column), and compares each kernel's greedy first token.
+
+`--quant none` is the fp32 model with every linear made a NativeF32Linear (olmo2/quant/f32.py)
+whatever this CPU would choose: kernel `reference` is then plain F.linear (MKL), `native-avx2`
+the native fp32 GEMV on its AVX2 path (what an AVX2-only CPU runs), `native` its AVX-512 path.
 
 For bf16 both weight copies are kept (the plain weight native/aten read, and oneDNN's
 reordered one): fine for a benchmark, twice the memory of a served model.
@@ -59,7 +64,7 @@ def run_prefill(model, prompt: torch.Tensor) -> tuple[float, float, list[int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--quant", required=True, choices=["bf16", "int8", "int4"])
+    ap.add_argument("--quant", required=True, choices=["none", "bf16", "int8", "int4"])
     ap.add_argument("--kernels", default="native,aten", help="comma list; the first is the ratio's base")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
@@ -75,8 +80,13 @@ def main() -> None:
     from olmo2.quant import native
     from olmo2.quant.linear import BF16Linear
     t = time.perf_counter()
-    model = load_model(args.model, dtype=torch.float32, quant=args.quant).eval()
+    model = load_model(args.model, dtype=torch.float32, quant=None if args.quant == "none" else args.quant).eval()
     load_s = time.perf_counter() - t
+    if args.quant == "none":  # the swap load_model makes on AVX2-only CPUs, made here on any CPU
+        from olmo2.quant.f32 import NativeF32Linear
+        for m in model.modules():
+            if type(m) is torch.nn.Linear:
+                m.__class__ = NativeF32Linear
     if args.quant == "bf16":
         for m in model.modules():
             if isinstance(m, BF16Linear) and m._plain_dropped:
