@@ -19,7 +19,8 @@ CLI: `olmo2 quantize MODEL --bits 8|4 [--group-size G] --out DIR [--report]`, an
 
 Modules: formats.py (the tensor formats), kernels.py (run-time kernel choice, env
 OLMO2_QUANT_KERNEL), native.py + native/gemv.c (our C decode kernels), linear.py (the
-quantized modules), swap.py (plan + module swap),
+quantized modules), f32.py + native/f32.c (fp32 decode on our GEMV where the CPU lacks
+AVX-512, `--quant none`), swap.py (plan + module swap),
 io.py (checkpoints + the shared load), report.py (quality report).
 
 The quantized modules take and return the model's compute dtype: attention, norms and
