@@ -267,3 +267,26 @@ def test_compiles_to_one_graph(forced):
         eager = mods(x)
         comp = torch.compile(mods, backend="aot_eager", fullgraph=True)
         assert torch.equal(comp(x), eager)
+
+
+def test_whole_tiny_model_forward_compiles_to_one_graph(forced):
+    """A one-token forward of the swapped model: every linear's custom op is traced through
+    (fullgraph would raise on a graph break), with eager's outputs."""
+    m = _tiny(seed=1)
+    assert use_native_f32(m) == 15
+    ids = torch.tensor([[3]])
+    with torch.no_grad():
+        eager = m(ids)
+        comp = torch.compile(m, backend="aot_eager", fullgraph=True)
+        assert torch.equal(comp(ids), eager)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decode_step_gives_eager_tokens(forced):
+    """Decoder(compile=True) (Inductor, freezing) on the swapped model: same greedy tokens."""
+    from olmo2.infer.generate import generate
+    m = _tiny(seed=2)
+    assert use_native_f32(m) == 15
+    x = torch.tensor([[11, 12, 13, 400]])
+    eager = generate(m, x, 16, temperature=0.0, eos_token_id=[])
+    assert torch.equal(generate(m, x, 16, temperature=0.0, eos_token_id=[], compile=True), eager)
