@@ -20,6 +20,7 @@ argument is not a local path; offline that fails with a one-line explanation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -148,6 +149,21 @@ def tracking_mappings():
 def release_pages(t: torch.Tensor) -> bool:
     """`SafetensorsFile.release` on whichever tracked mapping holds `t` (False if none does)."""
     return any(f.release(t) for f in (_TRACKED or ()))
+
+
+def page_dropper(*ts: torch.Tensor):
+    """A callable unmapping the file pages under tensors `ts` (each a view of the same tracked
+    file, e.g. an embedding table kept mapped, olmo2/quant/linear.py `_RowTable`), or None
+    if they are not. It keeps the mapping alive, as the views themselves do."""
+    for f in _TRACKED or ():
+        if all(f.span(t) is not None for t in ts):
+            return functools.partial(_release_all, f, ts)
+    return None
+
+
+def _release_all(f: "SafetensorsFile", ts) -> None:
+    for t in ts:
+        f.release(t)
 
 
 def is_mapped(t: torch.Tensor) -> bool:

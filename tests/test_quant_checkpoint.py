@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -102,7 +104,7 @@ def test_save_load_exact(tmp_path, bpe_tok, mode):
     def in_file(t):
         return any(lo <= t.data_ptr() < hi for lo, hi in spans)
     emb = back.model.embed_tokens
-    assert in_file(emb.qweight if mode != "bf16" else emb.weight)
+    assert in_file(emb.qweight if mode != "bf16" else emb.weight) and emb._drop_pages is not None
     assert not in_file(next(iter(back.model.layers[0].mlp.buffers())))
     assert torch.equal(Olmo2.from_pretrained(str(tmp_path / "q"))(ids), m(ids))  # the public API too
     with pytest.raises(CheckpointError, match="already quantized"):
@@ -251,6 +253,7 @@ def test_on_the_fly_load_releases_each_float_weight(float_ckpt, monkeypatch):
     m = load_model(float_ckpt, quant="int8")
     assert released and all(released) and len(released) == len(m.quant_plan) - 1  # all but the embedding
     assert m.model.embed_tokens._rows is not None and m.model.embed_tokens._rows.dtype == torch.float32
+    assert m.model.embed_tokens._drop_pages is not None  # its pages are unmapped after each lookup
     assert checkpoint._TRACKED is None  # tracking ends with the load
     ref = quantize_model(load_model(float_ckpt), "int8")
     ids = torch.tensor([[1, 5, 9, 200]])
@@ -301,3 +304,38 @@ def test_quality_report_scores_the_decode_kernel_where_it_differs(float_ckpt, mo
     # fp32 rounding of batched vs one-passage forwards is a visible share of it
     assert abs(row.mean_kl - kl / n) <= 1e-3 * max(1e-6, kl / n) + 1e-9
     assert abs(rows[1].mean_kl - kl / n) > 1e-3 * kl / n  # the prefill row is another kernel's
+
+
+def _mapping_rss_kib(path) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_mapped_table_pages_are_unmapped_after_each_lookup(tmp_path):
+    """A table kept in the mapped checkpoint leaves none of its pages resident after a
+    lookup when its dropper is set, and does leave them without it (the control)."""
+    from safetensors.torch import save_file
+
+    from olmo2.checkpoint import SafetensorsFile, page_dropper, tracking_mappings
+    from olmo2.quant.linear import Int8Embedding
+    path = tmp_path / "t.safetensors"
+    w = torch.randn(4096, 256, generator=torch.Generator().manual_seed(0))  # 4 MiB fp32
+    save_file({"w": w}, str(path))
+    ids = torch.randint(0, 4096, (1, 64), generator=torch.Generator().manual_seed(1))
+    with tracking_mappings():
+        st = SafetensorsFile(path)
+        table = st.get("w")
+        emb = Int8Embedding.over_rows(table)
+        emb(ids)
+        assert _mapping_rss_kib(path) > 0                 # control: the rows' pages stay
+        emb.drop_pages(page_dropper(table))
+    out = emb(ids)
+    assert _mapping_rss_kib(path) <= 4                    # at most the header's page
+    assert torch.equal(out, Int8Embedding.from_float(w)(ids))

@@ -154,24 +154,36 @@ def load_quantized(d: Path, dtype: torch.dtype | None):
     with torch.device("meta"):
         swap_modules(model, plan, empty_module)
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    from olmo2.checkpoint import is_mapped, page_dropper, tracking_mappings
     from olmo2.quant.linear import _RowTable
     tables = tuple(n + "." for n, m in model.named_modules() if isinstance(m, _RowTable))
-    got = {}
-    for f, name, t_dtype, st in checked_tensors(d, {k: v[0] for k, v in expected.items()},
-                                                f"not in {META_NAME}'s plan", f"{META_NAME} and config.json imply"):
-        want = expected[name][1]
-        # Norm weights may be stored in any float dtype; quantized tensors exactly as planned.
-        if t_dtype != want and not (want.is_floating_point and t_dtype.is_floating_point and name.endswith("norm.weight")):
-            raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}, {META_NAME} implies {want}")
-        # A copy, not the memory map: aten's int8 kernel (_weight_int8pack_mm) segfaulted
-        # on a mapped int8 weight at the file's offset (test_quant_checkpoint.py::test_save_load_exact; a fresh buffer is
-        # aligned). Quantized weights are small, and each is read once here. Embedding
-        # tables are only indexed, never multiplied: they stay views of the file, so only
-        # the rows looked up become resident (0.19 GiB for the 1B's int8 table otherwise).
-        t = st.get(name)
-        keep_mapped = name.startswith(tables) and t.data_ptr() % t.element_size() == 0
-        got[name] = t if keep_mapped else t.clone()
-    model.load_state_dict(got, strict=True, assign=True)
+    with tracking_mappings():  # to find the table views' mapping again below
+        got = {}
+        for f, name, t_dtype, st in checked_tensors(d, {k: v[0] for k, v in expected.items()},
+                                                    f"not in {META_NAME}'s plan", f"{META_NAME} and config.json imply"):
+            want = expected[name][1]
+            # Norm weights may be stored in any float dtype; quantized tensors exactly as planned.
+            if t_dtype != want and not (want.is_floating_point and t_dtype.is_floating_point and name.endswith("norm.weight")):
+                raise CheckpointError(f"{f}: tensor {name!r} has dtype {t_dtype}, {META_NAME} implies {want}")
+            # A copy, not the memory map: aten's int8 kernel (_weight_int8pack_mm) segfaulted
+            # on a mapped int8 weight at the file's offset (test_quant_checkpoint.py::test_save_load_exact; a fresh buffer is
+            # aligned). Quantized weights are small, and each is read once here. Embedding
+            # tables are only indexed, never multiplied: they stay views of the file, unmapped
+            # after each lookup (0.19 GiB for the 1B's int8 table otherwise).
+            t = st.get(name)
+            if name.startswith(tables) and t.data_ptr() % t.element_size() == 0:
+                got[name] = t
+            else:
+                got[name] = t.clone()
+                # the copy's source pages, read just now, would stay resident as long as the
+                # mapping lives, and the table views above keep it alive (+0.72 GiB of file
+                # pages for the int4 1B): drop them (a later read would fault them back in)
+                st.release(t)
+        model.load_state_dict(got, strict=True, assign=True)
+        for m in model.modules():  # unmap a table's pages after each lookup (linear.py _RowTable)
+            views = [b for b in m.buffers(recurse=False) if is_mapped(b)] if isinstance(m, _RowTable) else []
+            if views:
+                m.drop_pages(page_dropper(*views))
     del got
     model.quant_plan, model.quant_config = plan, qcfg
     _cast_float_params(model, dtype or torch.float32)

@@ -311,10 +311,18 @@ class _RowTable(_Quantized):
     scale per row), so the rows come out bit for bit as from the converted whole table.
     Why: the 1B's 100352 x 2048 table is 0.38 GiB in bf16 and 0.19 GiB in int8 of
     anonymous memory that a decode never reads, as much as 30% of the int4 model; mapped,
-    only the pages of the rows looked up become resident, and as clean file pages the
-    kernel can drop them under pressure (measured: benchmarks/RESULTS.md, "peak_rss.py").
+    nothing of it stays resident (measured: benchmarks/RESULTS.md, "peak_rss.py").
     The stored buffers are then placeholders of the full shape (one element, expanded);
-    `state_dict()` converts the table block by block, so saving writes the same format."""
+    `state_dict()` converts the table block by block, so saving writes the same format.
+
+    `drop_pages(fn)`: `fn()` is called after every eager lookup to unmap the table's file
+    pages (olmo2/checkpoint.py `page_dropper`: MADV_DONTNEED over the table, a no-op on
+    pages not mapped). Without it a lookup does not map one row but the page cache's whole
+    folio around it: 181 MiB of RssFile for 264 random int8 rows of a freshly written
+    checkpoint (0.7 MiB a row), 24 MiB for fp32 rows of an older one (small folios); with
+    it, 1.7 MiB, at no measurable cost (18 vs 15 µs a row). Footgun: a compiled step skips
+    it (a ctypes-level call would split the graph), so a `--compile` decode leaves the
+    rows it looks up resident, at most the table; its prefill, which runs eagerly, does not."""
 
     BUFFERS: tuple[tuple[str, torch.dtype, bool], ...] = ()  # (name, dtype, per row only)
 
@@ -325,6 +333,11 @@ class _RowTable(_Quantized):
             shape = (num_embeddings,) if per_row else (num_embeddings, embedding_dim)
             self.register_buffer(name, torch.empty(shape, dtype=dtype, device=device))
         self.register_buffer("_rows", None, persistent=False)
+        self._drop_pages = None  # see the class docstring; not state
+
+    def drop_pages(self, fn) -> None:
+        """Call `fn()` after each eager lookup (or never again, `fn=None`)."""
+        self._drop_pages = fn
 
     @classmethod
     def over_rows(cls, w: torch.Tensor) -> "_RowTable":
@@ -346,9 +359,13 @@ class _RowTable(_Quantized):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._rows is None:
-            return self._lookup(tuple(getattr(self, n)[ids] for n, _, _ in self.BUFFERS))
-        flat = ids.reshape(-1)
-        return self._lookup(self._convert(self._rows[flat])).reshape(*ids.shape, self.embedding_dim)
+            out = self._lookup(tuple(getattr(self, n)[ids] for n, _, _ in self.BUFFERS))
+        else:
+            flat = ids.reshape(-1)
+            out = self._lookup(self._convert(self._rows[flat])).reshape(*ids.shape, self.embedding_dim)
+        if self._drop_pages is not None and not torch.compiler.is_compiling():
+            self._drop_pages()  # the rows were copied out above: their pages are not needed
+        return out
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -366,6 +383,7 @@ class _RowTable(_Quantized):
             for name, dtype, _ in self.BUFFERS:
                 setattr(self, name, torch.empty(getattr(self, name).shape, dtype=dtype))
             self._rows = None
+        self._drop_pages = None  # the loaded buffers are not the mapped file's
         super()._load_from_state_dict(*args, **kwargs)
 
     def prepare(self) -> None:

@@ -175,8 +175,10 @@ def quantized_module_releasing(old: nn.Module, tp: TensorPlan) -> nn.Module:
     they are quantized (olmo2/checkpoint.py release_pages): quantizing a memory-mapped fp32
     checkpoint on the fly then peaks near the quantized size instead of holding every fp32
     page it read (a no-op for weights that are not in a tracked mapping)."""
-    from olmo2.checkpoint import is_mapped, release_pages
+    from olmo2.checkpoint import is_mapped, page_dropper, release_pages
     m = quantized_module(old, tp, release=release_pages, map_rows=is_mapped(old.weight))
+    if isinstance(old, nn.Embedding) and getattr(m, "_rows", None) is not None:
+        m.drop_pages(page_dropper(m._rows))  # no page of the table stays resident (linear.py)
     return_free_memory()
     m.prepare()  # packed now, while little else is resident (module docstring, "Order")
     return_free_memory()
