@@ -338,4 +338,6 @@ def test_mapped_table_pages_are_unmapped_after_each_lookup(tmp_path):
         emb.drop_pages(page_dropper(table))
     out = emb(ids)
     assert _mapping_rss_kib(path) <= 4                    # at most the header's page
-    assert torch.equal(out, Int8Embedding.from_float(w)(ids))
+    assert torch.equal(out, Int8Embedding.from_float(w)(ids))  # 64 rows: 4 chunks of 16
+    assert torch.equal(emb(ids[:, :1]), Int8Embedding.from_float(w)(ids[:, :1]))
+    assert emb(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 256)
