@@ -98,11 +98,12 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     # kernel one token at a time, and the two can differ in numerics (olmo2's own int8/int4
     # decode kernels quantize the activations per 32 columns). Where they differ the same
     # tokens are scored again with the decode kernel forced, so the table covers both. The
-    # native int8 kernel differs from itself: from native.INT8_GEMM_ROWS rows it runs the
-    # prefill GEMM (other activation blocks), so its decode row forces the per-row kernel.
+    # native int8 kernel differs from itself where the prefill GEMM runs (AVX-512: from
+    # native.INT8_GEMM_ROWS rows, other activation blocks), so its decode row forces the
+    # per-row kernel; on AVX2 both phases run the per-row kernel and one row says it all.
     def differs(p):
         dec = choose(p, "decode")
-        return dec != choose(p, "prefill") or (p == "int8" and dec == "native")
+        return dec != choose(p, "prefill") or (p == "int8" and dec == "native" and native.isa() == "avx512")
     runs = [(p, "prefill", None) for p in precisions]
     runs += [(p, "decode", choose(p, "decode")) for p in precisions if p in ("int8", "int4", "bf16") and differs(p)]
     max_len = min(max_len or base.config.max_seq_len, base.config.max_seq_len) - 1
