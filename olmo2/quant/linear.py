@@ -311,17 +311,18 @@ class _RowTable(_Quantized):
     scale per row), so the rows come out bit for bit as from the converted whole table.
     Why: the 1B's 100352 x 2048 table is 0.38 GiB in bf16 and 0.19 GiB in int8 of
     anonymous memory that a decode never reads, as much as 30% of the int4 model; mapped,
-    nothing of it stays resident (measured: benchmarks/RESULTS.md, "peak_rss.py").
+    and unmapped after each lookup (below), none of it stays resident (measured:
+    benchmarks/RESULTS.md, "peak_rss.py").
     The stored buffers are then placeholders of the full shape (one element, expanded);
     `state_dict()` converts the table block by block, so saving writes the same format.
 
-    `drop_pages(fn)`: `fn()` is called after every eager lookup to unmap the table's file
-    pages (olmo2/checkpoint.py `page_dropper`: MADV_DONTNEED over the table, a no-op on
+    `drop_pages(fn)`: `fn()` is called after every eager lookup (every `DROP_EVERY` rows of
+    a long one) to unmap the table's file pages (olmo2/checkpoint.py `page_dropper`: MADV_DONTNEED over the table, a no-op on
     pages not mapped). Without it a lookup does not map one row but the page cache's whole
     folio around it: 181 MiB of RssFile for 264 random int8 rows of a freshly written
     checkpoint (0.7 MiB a row), 24 MiB for fp32 rows of an older one (small folios); with
     it, 1.7 MiB, at no measurable cost (18 vs 15 µs a row). Footgun: a compiled step skips
-    it (a ctypes-level call would split the graph), so a `--compile` decode leaves the
+    it (a Python-level madvise would split the graph), so a `--compile` decode leaves the
     rows it looks up resident, at most the table; its prefill, which runs eagerly, does not."""
 
     BUFFERS: tuple[tuple[str, torch.dtype, bool], ...] = ()  # (name, dtype, per row only)
