@@ -27,7 +27,9 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   blocked layout (`mkldnn._reorder_linear_weight`, what Inductor's freezing emits) streams
   the weight ~1.4x faster than eager `F.linear` (which reorders per call) at batch 1 on
   the Intel host (docs/cpu-kernels.md: 114 vs 147 ms per 1B token), with identical
-  outputs at one row (tests/test_quant_linear.py), and is no slower at prefill.
+  outputs at one row (tests/test_quant_linear.py). It is now the fallback for a machine
+  where olmo2's kernels did not build: with them, bf16 decode is native and bf16 prefill
+  aten's F.linear, both faster than it on the plain weight (`choose`).
 - `native` (olmo2/quant/native/gemv.c, built on first use; OLMO2_NATIVE=0 disables it):
   our decode GEMVs for int8/int4/bf16 with AVX-512 VNNI and AVX2 code paths chosen from
   the CPU flags. aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
@@ -39,7 +41,7 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   Under `auto` it runs decode, plus int4 prefill (on AVX2 too: 54 vs the reference
   path's 17 GFLOP/s at 128 rows) and int8 prefill (no packed copy in either);
   other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
-  rows (bf16 on a CPU with bf16 dot products stays on oneDNN in both phases).
+  rows (bf16 on a CPU with bf16 dot products: aten's F.linear on the same plain weight).
   int4 prefill: 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
   int8 prefill runs gemm.c, a register-blocked GEMM (4 x 6 tiles of vpdpbusd on blocks
   whose int32 lanes span 8 chunks, so one convert + FMA per 8): at 128 rows, 1 thread, on
@@ -212,10 +214,11 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         # llama.cpp's Q8_0 prompt reaches on the AMD host (~44 tok/s on 2 threads,
         # docs/cpu-baseline.md), unmeasured there.
         return "native"
-    if phase == "decode" and native_ok and not (fmt == "bf16" and kind.bf16 and mkldnn_available()):
-        # bf16 on a CPU with bf16 dot products keeps oneDNN in both phases: its prefill
-        # needs the reordered copy, and a second (plain) copy for our decode would double
-        # the model's memory; elsewhere bf16 prefill upcasts anyway and decode is ours.
+    if phase == "decode" and native_ok:
+        # bf16 too, on every CPU: with the L2 prefetch (gemv.c PF_HINT) our bf16 GEMV beat
+        # oneDNN's reordered linear at 1B decode, 1.12-1.71x per round (median 4.64 vs 3.33
+        # tok/s, 2 threads, 4 alternating rounds, idle Intel host, 2026-11-29 20:33 UTC,
+        # benchmarks/quant_decode_ab.py); it reads the plain weight, which prefill reuses.
         return "native"
     if fmt == "int8":
         # fbgemm was faster in benchmarks/quant_kernels.py (decode 2.1x, prefill 7x aten's
@@ -233,6 +236,14 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         # (~7x slower than fp32 on Zen 3), so upcast the weight instead.
         if not kind.bf16:
             return "reference"
+        if native_ok:
+            # decode is native (above) on the plain weight; aten's bf16 F.linear prefills
+            # from that same weight, and beat oneDNN's reordered copy at a 128-token 1B
+            # prompt: 1.18-1.44x per round (265 vs 215 tok/s, 2 threads, 4 alternating
+            # rounds, same host and hour), so no second, reordered copy is ever built.
+            return "aten"
+        # without olmo2's kernels: oneDNN in both phases (at one row it streams the weight
+        # ~1.4x faster than F.linear, which reorders per call; prefill shares its copy)
         return "mkldnn" if mkldnn_available() else "aten"
     raise ValueError(f"unknown quantized format {fmt!r}")
 
