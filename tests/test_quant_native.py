@@ -22,9 +22,9 @@ test builds a second copy into its own directory.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
+from conftest import native_library
 import torch
 
 from olmo2.quant import formats, native
@@ -37,25 +37,7 @@ AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= cpu_flags()
 
 @pytest.fixture(scope="module", autouse=True)
 def lib(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in ("OLMO2_CACHE", "OLMO2_NATIVE_ISA", "OLMO2_NATIVE")}
-    os.environ["OLMO2_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ.pop("OLMO2_NATIVE_ISA", None)
-    os.environ.pop("OLMO2_NATIVE", None)
-    native.reset()
-    if not native.available():
-        why = native.reason()
-        # a machine that cannot run them skips; a build or load failure where a compiler
-        # and an AVX2 CPU exist is a bug in gemv.c/native.py and fails
-        if os.uname().machine != "x86_64" or "no C compiler" in why or "neither" in why:
-            pytest.skip(f"native kernels not available here: {why}")
-        pytest.fail(f"native kernels failed to build or load: {why}")
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    native.reset()
+    yield from native_library(tmp_path_factory, ("OLMO2_NATIVE_ISA", "OLMO2_NATIVE"))
 
 
 def _isas():
