@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import native_library
 import torch
+from conftest import native_library
 import torch.nn.functional as F
 from torch import nn
 

@@ -22,10 +22,9 @@ test builds a second copy into its own directory.
 """
 from __future__ import annotations
 
-
 import pytest
-from conftest import native_library
 import torch
+from conftest import native_library
 
 from olmo2.quant import formats, native
 from olmo2.quant.kernels import ENV, choose, cpu_flags
