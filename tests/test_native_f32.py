@@ -16,8 +16,8 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import native_library
 import torch.nn.functional as F
+from conftest import native_library
 from torch import nn
 
 from olmo2.config import preset

@@ -206,10 +206,17 @@ def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
     return y
 
 
+def int8_gemm_available() -> bool:
+    """Whether int8_mm runs gemm.c's GEMM from INT8_GEMM_ROWS rows (its AVX-512 VNNI path is
+    the one in use); otherwise gemv.c's per-row kernel takes every row count. The one place
+    this rule lives: olmo2/quant/report.py asks it whether prefill and decode numerics differ."""
+    _lib()  # loads the library (and sets _state["isa"]) on a first call made before available()
+    return _state.get("isa") == ISAS["avx512"]
+
+
 def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     # the row count picks the kernel (a static shape under torch.compile: one graph each)
-    _lib()  # loads the library (and sets _state["isa"]) on a first call made before available()
-    gemm = x.shape[0] >= _gemm_rows[0] and _state.get("isa") == ISAS["avx512"]
+    gemm = x.shape[0] >= _gemm_rows[0] and int8_gemm_available()
     return _mm("int8_prefill" if gemm else "int8", x, w.shape[0], _ptr(w), _ptr(s))
 
 

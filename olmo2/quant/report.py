@@ -103,7 +103,7 @@ def quality_report(model_dir: str | Path, precisions, passages, tokenizer, max_l
     # per-row kernel; on AVX2 both phases run the per-row kernel and one row says it all.
     def differs(p):
         dec = choose(p, "decode")
-        return dec != choose(p, "prefill") or (p == "int8" and dec == "native" and native.isa() == "avx512")
+        return dec != choose(p, "prefill") or (p == "int8" and dec == "native" and native.int8_gemm_available())
     runs = [(p, "prefill", None) for p in precisions]
     runs += [(p, "decode", choose(p, "decode")) for p in precisions if p in ("int8", "int4", "bf16") and differs(p)]
     max_len = min(max_len or base.config.max_seq_len, base.config.max_seq_len) - 1
