@@ -1,5 +1,5 @@
 """olmo2's own CPU matmul kernels (olmo2/quant/native/: gemv.c for decode, gemm.c for int8
-prefill, f32.c for fp32 decode on AVX2-only CPUs), built on first use.
+prefill, gemm4.c for int4 prefill, f32.c for fp32 decode on AVX2-only CPUs), built on first use.
 
     from olmo2.quant import native
     if native.available():
@@ -12,7 +12,7 @@ prefill, f32.c for fp32 decode on AVX2-only CPUs), built on first use.
     OLMO2_NATIVE_ISA=avx2     force the AVX2 code path on an AVX-512 CPU (what AMD Zen 3 runs)
     CC=...                    the C compiler (default: cc, then gcc)
 
-Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c f32.c` (one library) into the per-user cache
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c f32.c` (one library) into the per-user cache
 (`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
 the sha256 of the sources, the compiler's `--version` and the flags, so a changed source
 or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
@@ -45,16 +45,19 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "f32.c"))
+SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "f32.c"))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
-ABI = 6               # olmo2_native_abi() of the source this module speaks to (6: + olmo2_f32_mm)
+ABI = 7               # olmo2_native_abi() of the source this module speaks to (7: + olmo2_int4_prefill_mm)
 # Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
 # gemv.c's per-row kernel. Measured on the 8192x2048 shape with the weights streamed from
 # memory (1 thread): at 1-2 rows the GEMV is 1.2-1.3x faster (it prefetches for streaming),
 # at 4 rows they tie, at 8 the GEMM is 1.34x faster and at 16 1.57x, so batched decode steps
 # of 8+ requests take it too. On AVX2 the per-row kernel stays at every row count (gemm.c).
 INT8_GEMM_ROWS = 8
-_gemm_rows = [INT8_GEMM_ROWS]   # per_row() lifts it: the quality report's decode rows
+# Rows from which int4_mm runs gemm4.c's register-blocked GEMM (AVX-512 VNNI only) instead
+# of gemv.c's per-row int4 kernel: measured in benchmarks/RESULTS.md, "Native int4 prefill GEMM".
+INT4_GEMM_ROWS = 8
+_gemm_rows = [INT8_GEMM_ROWS, INT4_GEMM_ROWS]   # per_row() lifts both: the quality report's decode rows
 ISAS = {"avx2": 1, "avx512": 2}
 # Shapes the C entry points take (checked here so a call never returns an error code).
 INT8_K_MULTIPLE, INT4_K_MULTIPLE, BF16_K_MULTIPLE, F32_K_MULTIPLE = 64, 128, 16, 16
@@ -113,9 +116,11 @@ def _load() -> ctypes.CDLL:
     lib.olmo2_int8_mm.argtypes = [i, i, f, i, i, p, p, i, f]
     lib.olmo2_int8_prefill_mm.argtypes = [i, i, f, i, i, p, p, i, f]
     lib.olmo2_int4_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
+    lib.olmo2_int4_prefill_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
     lib.olmo2_bf16_mm.argtypes = [i, i, f, i, i, p, i, f]
     lib.olmo2_f32_mm.argtypes = [i, i, f, i, i, p, i, f]
-    for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_bf16_mm, lib.olmo2_f32_mm):
+    for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_int4_prefill_mm,
+               lib.olmo2_bf16_mm, lib.olmo2_f32_mm):
         fn.restype = ctypes.c_int
     _state["path"] = str(path)
     return lib
@@ -207,9 +212,11 @@ def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
 
 
 def int8_gemm_available() -> bool:
-    """Whether int8_mm runs gemm.c's GEMM from INT8_GEMM_ROWS rows (its AVX-512 VNNI path is
-    the one in use); otherwise gemv.c's per-row kernel takes every row count. The one place
-    this rule lives: olmo2/quant/report.py asks it whether prefill and decode numerics differ."""
+    """Whether int8_mm runs gemm.c's GEMM from INT8_GEMM_ROWS rows (and int4_mm gemm4.c's from
+    INT4_GEMM_ROWS: both need the AVX-512 VNNI path in use); otherwise gemv.c's per-row
+    kernels take every row count. The one place this rule lives: olmo2/quant/report.py asks
+    it whether prefill and decode numerics differ (int4's GEMM keeps decode's x̂ and differs
+    only in fp32 summation order, so the report needs no decode row for it)."""
     _lib()  # loads the library (and sets _state["isa"]) on a first call made before available()
     return _state.get("isa") == ISAS["avx512"]
 
@@ -222,19 +229,21 @@ def _int8(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def per_row():
-    """int8_mm runs the decode kernel (gemv.c) whatever the row count inside the block: to
-    score whole sequences with the numerics that generation's one-token steps have (its
-    activation blocks differ from the GEMM's; olmo2/quant/report.py's decode rows)."""
-    old = _gemm_rows[0]
-    _gemm_rows[0] = 1 << 62
+    """int8_mm and int4_mm run the decode kernels (gemv.c) whatever the row count inside the
+    block: to score whole sequences with the numerics that generation's one-token steps have
+    (int8's activation blocks differ from the GEMM's; olmo2/quant/report.py's decode rows),
+    and to time the per-row kernels against the GEMMs (benchmarks)."""
+    old = list(_gemm_rows)
+    _gemm_rows[:] = [1 << 62] * len(_gemm_rows)
     try:
         yield
     finally:
-        _gemm_rows[0] = old
+        _gemm_rows[:] = old
 
 
 def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
-    return _mm("int4", x, w.shape[0], _ptr(w), _ptr(s), _ptr(z), group_size)
+    gemm = x.shape[0] >= _gemm_rows[1] and int8_gemm_available()
+    return _mm("int4_prefill" if gemm else "int4", x, w.shape[0], _ptr(w), _ptr(s), _ptr(z), group_size)
 
 
 def _bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -298,7 +307,9 @@ def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> tor
 
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int) -> torch.Tensor:
-    """x [M, K] @ dequantize_int4(packed, scales, zeros, group_size)^T in fp32 (x quantized per 32)."""
+    """x [M, K] @ dequantize_int4(packed, scales, zeros, group_size)^T in fp32 (x quantized per
+    32 columns to int8, the same x̂ in both kernels: gemv.c below INT4_GEMM_ROWS rows or on
+    AVX2, gemm4.c's GEMM from there on AVX-512, which sums in another fp32 order)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_int4_mm(x, packed, scales, zeros, group_size)
     return _int4(x, packed, scales, zeros, group_size)
