@@ -17,6 +17,12 @@ the columns one int32 lane meets in 8 chunks of 64; fewer in a last partial grou
 same two references apply with that block map. On AVX2 int8_mm keeps the per-row kernel at
 every row count (checked bit for bit against native.per_row()).
 
+The int4 GEMM (native/gemm4.c, AVX-512 only, from native.INT4_GEMM_ROWS rows) keeps the
+decode kernel's x̂ (contiguous blocks of 32, one int8 digit) and its exact int32 lanes; only
+its fp32 sums run in another order. So both references above apply unchanged, and it agrees
+with the per-row kernel (native.per_row()) within the sum of the two kernels' fp32 slacks
+against the shared emulation, not bit for bit.
+
 The library is built once per session into a temporary cache (module fixture); the cache
 test builds a second copy into its own directory.
 """
@@ -327,6 +333,81 @@ def test_int8_gemm_threads_bitwise_and_prefill_choice(use_isa, monkeypatch):
         y = lin(x)
         monkeypatch.setenv(ENV, "native")
         assert torch.equal(lin(x), y) and not lin._packed
+        # under torch.compile the custom op takes the GEMM too (the row count is static)
+        comp = torch.compile(lin, backend="aot_eager", fullgraph=True)
+        assert torch.equal(comp(x), y)
+
+
+# ---- int4 prefill GEMM (gemm4.c) ----
+
+def _int4_case(n, k, m, gs, seed):
+    w, x = _w(n, k, seed=seed), _x(m, k, seed=k + m)
+    p, s, z = formats.quantize_int4(w, gs)
+    wq = (formats.unpack_int4(p).double() - 8) * s.double().repeat_interleave(gs, 1)   # the (q-8)·s part
+    wz = z.double().repeat_interleave(gs, 1)
+    return x, (p, s, z), wq, wz, formats.dequantize_int4(p, s, z, gs).double()
+
+
+@pytest.mark.parametrize("gs", [32, 128])
+@pytest.mark.parametrize("m,k", [(m, k) for m in (16, 17, 63, 128) for k in (128, 2048)])
+def test_int4_gemm_vs_float_emulation_and_rows(use_isa, m, k, gs):
+    assert m >= native.INT4_GEMM_ROWS       # these row counts take the GEMM on AVX-512
+    n = 37                                  # odd: a partial 4-row weight tile
+    x, (p, s, z), wq, wz, wd = _int4_case(n, k, m, gs, seed=m + gs)
+    xh, _ = _xhat(x, L4)
+    emu = xh @ wq.T + x.double() @ wz.T
+    slack = _slack(xh, wq.abs()) + _slack(x, wz.abs())
+    # |x - x̂| <= xs_b/2 per element (round to nearest) on the (q-8)·s part; the zero-point
+    # term uses the exact x: |y - x @ W^T| <= Σ_b xs_b/2 · Σ_{k∈b}|(q-8)·s| + fp32 slack
+    bound = _act_bound(x, wq.abs(), L4) * (1 + 1e-6) + _slack(x, wq.abs() + wz.abs())
+    for isa in _isas():
+        use_isa(isa)
+        native.reset()   # a first call not preceded by available() loads the library itself
+        y = native.int4_mm(x, p, s, z, gs)
+        with native.per_row():
+            y0 = native.int4_mm(x, p, s, z, gs)
+        if isa == "avx2":   # no GEMM there: the per-row kernel at every row count
+            assert torch.equal(y, y0)
+        # exact integer lanes and the same x̂: each kernel within its fp32 slack of the
+        # emulation, so of each other within twice that (only the summation order differs)
+        assert bool(((y.double() - emu).abs() <= slack).all()), isa
+        assert bool(((y.double() - y0.double()).abs() <= 2 * slack).all()), isa
+        assert bool(((y.double() - x.double() @ wd.T).abs() <= bound).all()), isa
+
+
+def test_int4_gemm_threads_rows_bitwise_and_prefill_choice(use_isa, monkeypatch):
+    n, k, m, gs = 301, 1152, 19, 128   # 301: no even thread split; K/G = 9 groups (padded to 16)
+    x, (p, s, z), *_ = _int4_case(n, k, m, gs, seed=11)
+    old = torch.get_num_threads()
+    try:
+        for isa in _isas():
+            use_isa(isa)
+            outs = []
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(native.int4_mm(x, p, s, z, gs))
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), isa
+            # a row's result does not depend on the other rows of the call (nor on its tile)
+            assert torch.equal(native.int4_mm(x[3:12], p, s, z, gs), outs[0][3:12]), isa
+            assert torch.equal(native.int4_mm(x[:, :], p[:9], s[:9], z[:9], gs), outs[0][:, :9]), isa
+    finally:
+        torch.set_num_threads(old)
+    # auto: native runs int4 prefill (the GEMM where its VNNI path runs) and decode, and no
+    # packed copy of the weight is built (prepare() packs what choose() picks)
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv("OLMO2_NATIVE_ISA", raising=False)
+    native.reset()
+    lin = Int4Linear.from_float(_w(n, k, seed=11), gs)
+    assert (choose("int4", "prefill", lin.native_fits()) == "native") == native.available()
+    assert (choose("int4", "decode", lin.native_fits()) == "native") == native.available()
+    if AVX512:
+        use_isa("avx512")
+        lin.prepare()
+        assert not lin._packed
+        y = lin(x)
+        assert torch.equal(y, native.int4_mm(x, lin.qweight, lin.scales, lin.zeros, gs))
+        with native.per_row():
+            assert not torch.equal(lin(x), y)      # the GEMM ran above, not the per-row kernel
         # under torch.compile the custom op takes the GEMM too (the row count is static)
         comp = torch.compile(lin, backend="aot_eager", fullgraph=True)
         assert torch.equal(comp(x), y)
