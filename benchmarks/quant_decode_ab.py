@@ -21,12 +21,17 @@ cpu_decode.py's prompt column), and compares each kernel's greedy first token.
 whatever this CPU would choose: kernel `reference` is then plain F.linear (MKL), `native-avx2`
 the native fp32 GEMV on its AVX2 path (what an AVX2-only CPU runs), `native` its AVX-512 path.
 
+Kernel `native-rows` is `native` with its GEMMs off (native.per_row()): int8/int4 prompts then
+run gemv.c's per-row kernels, as they did before gemm.c / gemm4.c (the A/B for those GEMMs:
+`--quant int4 --kernels native,native-rows --prefill`).
+
 For bf16 both weight copies are kept (the plain weight native/aten read, and oneDNN's
 reordered one): fine for a benchmark, twice the memory of a served model.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -99,11 +104,16 @@ def main() -> None:
           (f"prefill of a {args.prompt_len}-token prompt; " if args.prefill else
            f"{args.tokens} steps after a {args.prompt_len}-token prompt; ") +
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    def mode(k: str):
+        """Select kernel k; the context it runs in (native-rows: the GEMMs off)."""
+        set_kernel(k.removesuffix("-rows"))
+        return native.per_row() if k.endswith("-rows") else contextlib.nullcontext()
+
     for k in kernels:  # warm-up: packs each kernel's layout, builds the native library
-        set_kernel(k)
-        run(model, prompt, 2)
-        if args.prefill:
-            run_prefill(model, prompt)
+        with mode(k):
+            run(model, prompt, 2)
+            if args.prefill:
+                run_prefill(model, prompt)
     # tok/s of wall time, and tokens per CPU-second of this process: at 1 thread the latter
     # leaves out the time the OS gave the core to other jobs, the steadier figure on a
     # shared host (memory-bandwidth contention still shows in both)
@@ -112,8 +122,8 @@ def main() -> None:
     toks: dict[str, list[int]] = {}
     for r in range(args.rounds):
         for k in kernels:
-            set_kernel(k)
-            rate, crate, toks[k] = run_prefill(model, prompt) if args.prefill else run(model, prompt, args.tokens)
+            with mode(k):
+                rate, crate, toks[k] = run_prefill(model, prompt) if args.prefill else run(model, prompt, args.tokens)
             rates[k].append(rate)
             cpu[k].append(crate)
         print(f"round {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:.2f} ({cpu[k][-1]:.2f}/CPU-s)" for k in kernels)

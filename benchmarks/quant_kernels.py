@@ -18,9 +18,9 @@ as the 1B prefill tok/s the wall figure implies.
 
 Kernel `native` is olmo2's own C kernels (olmo2/quant/native.py); `native-avx2` the same
 library forced onto its AVX2 code path (what an AVX2-only CPU such as AMD Zen 3 runs). Its
-int8 prefill column is gemm.c's GEMM (from native.INT8_GEMM_ROWS rows); the row
-`int8 native-rows` runs the decode kernel (gemv.c) on the same 128 rows, as int8 prefill
-ran before that GEMM existed (native.per_row()).
+int8 prefill column is gemm.c's GEMM (from native.INT8_GEMM_ROWS rows) and its int4 one
+gemm4.c's (from native.INT4_GEMM_ROWS); the rows `native-rows` run the decode kernel
+(gemv.c) on the same 128 rows, as prefill ran before those GEMMs existed (native.per_row()).
 `--per-shape` adds a table per 1B matrix shape (time per call and GB/s at one row, each
 shape repeated over enough distinct copies to stream from memory, not cache).
 
@@ -131,7 +131,8 @@ def main() -> None:
             ("int8", "aten", 0), ("int8", "fbgemm", 0), ("int8", "reference", 0),
             ("int8", "native", 0), ("int8", "native-avx2", 0), ("int8", "native-rows", 0),
             ("int4", "aten", 32), ("int4", "aten", 64), ("int4", "aten", 128), ("int4", "reference", 128),
-            ("int4", "native", 128), ("int4", "native-avx2", 128), ("int4", "native", 32)]
+            ("int4", "native", 128), ("int4", "native-rows", 128), ("int4", "native-avx2", 128),
+            ("int4", "native", 32), ("int4", "native-rows", 32)]
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if f"{r[0]}:{r[1]}" in keep or f"{r[0]}:{r[1]}:{r[2]}" in keep]
