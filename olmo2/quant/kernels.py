@@ -42,7 +42,11 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   path's 17 GFLOP/s at 128 rows) and int8 prefill (no packed copy in either);
   other prefill stays on aten/fbgemm/oneDNN, which reuse each weight load across
   rows (bf16 on a CPU with bf16 dot products: aten's F.linear on the same plain weight).
-  int4 prefill: 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
+  int4 prefill runs gemm4.c from native.INT4_GEMM_ROWS (8) rows on AVX-512 VNNI: a
+  register-blocked GEMM (4 x 4 tiles; each weight chunk unpacked once per tile) with the
+  decode kernel's x̂, ~2x gemv.c's per-row int4 kernel per CPU-second at 8-128 rows on the
+  1B's shapes (benchmarks/RESULTS.md, "Native int4 prefill GEMM"); the per-row kernel had
+  done 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
   int8 prefill runs gemm.c, a register-blocked GEMM (4 x 6 tiles of vpdpbusd on blocks
   whose int32 lanes span 8 chunks, so one convert + FMA per 8): at 128 rows, 1 thread, on
   the 1B's shapes, 166-189 GFLOP/s vs aten's 81-87 (2026-11-29, benchmarks/RESULTS.md
@@ -196,8 +200,9 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         return "mkldnn" if fmt == "bf16" and mkldnn_available() else "reference"
     # auto: the measured winners (benchmarks/RESULTS.md, "Quantized kernels").
     if fmt == "int4" and native_ok:
-        # int4 prefill too: at 128 rows the native kernel did 105 GFLOP/s vs aten's 69 (1
-        # thread, same run, benchmarks/RESULTS.md), and then aten's packed copy of the
+        # int4 prefill too: at 128 rows even the per-row kernel did 105 GFLOP/s vs aten's 69
+        # (1 thread, same run), and gemm4.c's GEMM (AVX-512, from 8 rows) ~2x that
+        # (benchmarks/RESULTS.md); and then aten's packed copy of the
         # weights is never built: an int4 model holds one copy instead of two. On an
         # AVX2-only CPU the alternative is the reference path (dequantize the whole weight
         # per call): its AVX2 code, forced on the Intel host (OLMO2_NATIVE_ISA=avx2, 1
