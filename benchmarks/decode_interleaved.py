@@ -33,9 +33,10 @@ Per precision (its own pair of models; the previous pair is freed first: the fp3
 - summary: per side the median block tok/s; the ratio olmo2/llama.cpp as the geometric mean
   over adjacent block pairs (ABBA makes every block one pair's member, half of the pairs in
   each order) with a 95% percentile bootstrap interval over the pairs; the spread of the
-  pair ratios; greedy-token agreement of the two sides' first sequence (fp32 vs F32 should
-  agree on the first tokens; quantized schemes differ: Q8_0 is per 32-block, olmo2 int8 per
-  channel).
+  pair ratios; the same ratio per CPU-second of this process (time the OS gave our cores to
+  other jobs left out, as cpu_train.py reports it); every block's tok/s in run order;
+  greedy-token agreement of the two sides' first block (fp32 vs F32 should agree on the
+  first tokens; quantized schemes may part: Q8_0 scales per 32-block, olmo2 int8 per channel).
 
 Thread pools: two OpenMP runtimes in one process would each spin on the 2 cores after their
 turn. They are not two here: llama-cpp-python's libggml*.so link `libgomp.so.1` by soname
@@ -208,6 +209,7 @@ class Result:
     block: int = 0
     order: list[str] = field(default_factory=list)
     decode: list[float] = field(default_factory=list)     # tok/s per block, in `order`
+    decode_cpu: list[float] = field(default_factory=list)  # tokens per CPU-second of this process
     prompt_order: list[str] = field(default_factory=list)
     prompt: list[float] = field(default_factory=list)     # prompt tok/s per prefill
     tokens: dict = field(default_factory=dict)            # side -> greedy ids of sequence 1
@@ -253,9 +255,10 @@ def run_precision(args, model_dir: Path, prec: str, prompt: list[int]) -> Result
                 for s in sides.values():
                     s.prefill()
                 pos = 0
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             toks = sides[name].decode(res.block)
             res.decode.append(res.block / (time.perf_counter() - t))
+            res.decode_cpu.append(res.block / (time.process_time() - c))
             if i < 2:  # the first pair: both sides' first sequence from the prompt
                 res.tokens[name] = [first[name]] + toks
             if i % 2 == 1:
@@ -313,6 +316,11 @@ def report(res: Result) -> dict:
           f"ratio {pg:.2f}× [{plo:.2f}, {phi:.2f}], pairs {min(p):.2f}–{max(p):.2f}×")
     print(f"decode ({len(d)} pairs of {res.block}-token blocks): olmo2 median {med['olmo2']:.2f} tok/s, llama.cpp "
           f"{med['llama.cpp']:.2f}; ratio {dg:.2f}× [{dlo:.2f}, {dhi:.2f}], pairs {min(d):.2f}–{max(d):.2f}×")
+    dc, dclo, dchi = geo_interval(pair_ratios(res.order, res.decode_cpu))
+    print(f"decode per CPU-second of this process (leaves out time the OS gave our cores to other jobs; "
+          f"spin-waits count): ratio {dc:.2f}× [{dclo:.2f}, {dchi:.2f}]")
+    print("decode blocks, tok/s in run order: " + " ".join(
+        f"{'o' if s == 'olmo2' else 'l'}{r:.2f}" for s, r in zip(res.order, res.decode)))
     sw = {s: switch_effect(res.order, res.decode, s) for s in SIDES}
     print("switch (block tok/s after the other side / after itself): " +
           ", ".join(f"{s} {v:.3f}×" if v else f"{s} –" for s, v in sw.items()))
