@@ -231,14 +231,19 @@ def run_precision(args, model_dir: Path, prec: str, prompt: list[int]) -> Result
     res.load_s["llama.cpp"] = time.perf_counter() - t
     sides = {"olmo2": o, "llama.cpp": ll}
     try:
-        # warm-up: a prefill and a few steps each (packs olmo2's kernels; compiles with --compile)
+        # warm-up: a prefill and a few steps each (packs olmo2's kernels; compiles with --compile).
+        # The block size comes from each side's *fastest* step: under load the warm-up may land
+        # in a slow phase, and blocks sized from it were 0.3 s long once the host went quiet.
         rate = {}
         for name, s in sides.items():
             s.prefill()
             s.decode(2)
-            t = time.perf_counter()
-            s.decode(3)
-            rate[name] = 3 / (time.perf_counter() - t)
+            steps = []
+            for _ in range(4):
+                t = time.perf_counter()
+                s.decode(1)
+                steps.append(time.perf_counter() - t)
+            rate[name] = 1 / min(steps)
         res.block = args.block or block_size(max(rate.values()), args.block_seconds, args.max_new)
         # prompt processing, ABBA
         res.prompt_order = abba(args.prompt_rounds)
