@@ -23,7 +23,8 @@ the native fp32 GEMV on its AVX2 path (what an AVX2-only CPU runs), `native` its
 
 Kernel `native-rows` is `native` with its GEMMs off (native.per_row()): int8/int4 prompts then
 run gemv.c's per-row kernels, as they did before gemm.c / gemm4.c (the A/B for those GEMMs:
-`--quant int4 --kernels native,native-rows --prefill`).
+`--quant int4 --kernels native,native-vnni,native-rows --prefill`); `native-vnni` is `native`
+with AMX off (int4 prefill on gemm4.c's AVX-512 VNNI GEMM instead of gemm4_amx.c).
 
 For bf16 both weight copies are kept (the plain weight native/aten read, and oneDNN's
 reordered one): fine for a benchmark, twice the memory of a served model.

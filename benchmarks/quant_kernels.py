@@ -19,8 +19,10 @@ as the 1B prefill tok/s the wall figure implies.
 Kernel `native` is olmo2's own C kernels (olmo2/quant/native.py); `native-avx2` the same
 library forced onto its AVX2 code path (what an AVX2-only CPU such as AMD Zen 3 runs). Its
 int8 prefill column is gemm.c's GEMM (from native.INT8_GEMM_ROWS rows) and its int4 one
-gemm4.c's (from native.INT4_GEMM_ROWS); the rows `native-rows` run the decode kernel
-(gemv.c) on the same 128 rows, as prefill ran before those GEMMs existed (native.per_row()).
+gemm4_amx.c's on a CPU with AMX-INT8, else gemm4.c's (from native.INT4_GEMM_ROWS;
+`native-vnni` forces gemm4.c: OLMO2_NATIVE_AMX=0); the rows `native-rows` run the decode
+kernel (gemv.c) on the same 128 rows, as prefill ran before those GEMMs existed
+(native.per_row()).
 `--per-shape` adds a table per 1B matrix shape (time per call and GB/s at one row, each
 shape repeated over enough distinct copies to stream from memory, not cache).
 
@@ -75,9 +77,11 @@ def make(fmt: str, shapes, gs: int):
 
 
 def set_kernel(kernel: str) -> None:
-    """OLMO2_QUANT_KERNEL for `kernel`; native-avx2 = native on its AVX2 path."""
+    """OLMO2_QUANT_KERNEL for `kernel`; native-avx2 = native on its AVX2 path; native-vnni =
+    native with AMX off (int4 prefill on gemm4.c instead of gemm4_amx.c)."""
     from olmo2.quant import native
     os.environ["OLMO2_QUANT_KERNEL"] = kernel.split("-")[0]
+    os.environ["OLMO2_NATIVE_AMX"] = "0" if kernel == "native-vnni" else "1"
     want = "avx2" if kernel == "native-avx2" else ""
     if os.environ.get("OLMO2_NATIVE_ISA", "") != want:
         os.environ["OLMO2_NATIVE_ISA"] = want
@@ -131,8 +135,9 @@ def main() -> None:
             ("int8", "aten", 0), ("int8", "fbgemm", 0), ("int8", "reference", 0),
             ("int8", "native", 0), ("int8", "native-avx2", 0), ("int8", "native-rows", 0),
             ("int4", "aten", 32), ("int4", "aten", 64), ("int4", "aten", 128), ("int4", "reference", 128),
-            ("int4", "native", 128), ("int4", "native-rows", 128), ("int4", "native-avx2", 128),
-            ("int4", "native", 32), ("int4", "native-rows", 32)]
+            ("int4", "native", 128), ("int4", "native-vnni", 128), ("int4", "native-rows", 128),
+            ("int4", "native-avx2", 128), ("int4", "native", 32), ("int4", "native-vnni", 32),
+            ("int4", "native-rows", 32)]
     if args.only:
         keep = set(args.only.split(","))
         rows = [r for r in rows if f"{r[0]}:{r[1]}" in keep or f"{r[0]}:{r[1]}:{r[2]}" in keep]

@@ -17,11 +17,13 @@ the columns one int32 lane meets in 8 chunks of 64; fewer in a last partial grou
 same two references apply with that block map. On AVX2 int8_mm keeps the per-row kernel at
 every row count (checked bit for bit against native.per_row()).
 
-The int4 GEMM (native/gemm4.c, AVX-512 only, from native.INT4_GEMM_ROWS rows) keeps the
-decode kernel's x̂ (contiguous blocks of 32, one int8 digit) and its exact int32 lanes; only
-its fp32 sums run in another order. So both references above apply unchanged, and it agrees
-with the per-row kernel (native.per_row()) within the sum of the two kernels' fp32 slacks
-against the shared emulation, not bit for bit.
+The int4 GEMMs (native/gemm4.c on AVX-512 VNNI, native/gemm4_amx.c where AMX-INT8 runs;
+from native.INT4_GEMM_ROWS rows) keep the decode kernel's x̂ (contiguous blocks of 32, one
+int8 digit) and exact int32 products; only their fp32 sums run in other orders. So both
+references above apply unchanged, and each agrees with the per-row kernel
+(native.per_row()) within the sum of the two kernels' fp32 slacks against the shared
+emulation, not bit for bit. Both GEMMs are tested on a CPU with AMX (OLMO2_NATIVE_AMX=0
+selects gemm4.c); without AMX, gemm4.c only.
 
 The library is built once per session into a temporary cache (module fixture); the cache
 test builds a second copy into its own directory.
@@ -348,9 +350,25 @@ def _int4_case(n, k, m, gs, seed):
     return x, (p, s, z), wq, wz, formats.dequantize_int4(p, s, z, gs).double()
 
 
+def _int4_paths(use_isa, monkeypatch):
+    """(isa, amx) for each int4 prefill path this CPU runs: gemm4_amx.c (where AMX-INT8 is
+    granted), gemm4.c (AVX-512, OLMO2_NATIVE_AMX=0), gemv.c per row (AVX2)."""
+    for isa in _isas():
+        use_isa(isa)
+        native.reset()   # a first call not preceded by available() loads the library itself
+        amxs = ["1", "0"] if isa == "avx512" else ["0"]
+        for amx in amxs:
+            monkeypatch.setenv("OLMO2_NATIVE_AMX", amx)
+            if amx == "1" and not native.amx_available():
+                continue
+            assert native.amx_available() == (amx == "1")
+            yield isa, amx
+    monkeypatch.delenv("OLMO2_NATIVE_AMX")
+
+
 @pytest.mark.parametrize("gs", [32, 128])
 @pytest.mark.parametrize("m,k", [(m, k) for m in (16, 17, 63, 128) for k in (128, 2048)])
-def test_int4_gemm_vs_float_emulation_and_rows(use_isa, m, k, gs):
+def test_int4_gemm_vs_float_emulation_and_rows(use_isa, monkeypatch, m, k, gs):
     assert m >= native.INT4_GEMM_ROWS       # these row counts take the GEMM on AVX-512
     n = 37                                  # odd: a partial 4-row weight tile
     x, (p, s, z), wq, wz, wd = _int4_case(n, k, m, gs, seed=m + gs)
@@ -360,9 +378,7 @@ def test_int4_gemm_vs_float_emulation_and_rows(use_isa, m, k, gs):
     # |x - x̂| <= xs_b/2 per element (round to nearest) on the (q-8)·s part; the zero-point
     # term uses the exact x: |y - x @ W^T| <= Σ_b xs_b/2 · Σ_{k∈b}|(q-8)·s| + fp32 slack
     bound = _act_bound(x, wq.abs(), L4) * (1 + 1e-6) + _slack(x, wq.abs() + wz.abs())
-    for isa in _isas():
-        use_isa(isa)
-        native.reset()   # a first call not preceded by available() loads the library itself
+    for isa, amx in _int4_paths(use_isa, monkeypatch):
         y = native.int4_mm(x, p, s, z, gs)
         with native.per_row():
             y0 = native.int4_mm(x, p, s, z, gs)
@@ -370,9 +386,9 @@ def test_int4_gemm_vs_float_emulation_and_rows(use_isa, m, k, gs):
             assert torch.equal(y, y0)
         # exact integer lanes and the same x̂: each kernel within its fp32 slack of the
         # emulation, so of each other within twice that (only the summation order differs)
-        assert bool(((y.double() - emu).abs() <= slack).all()), isa
-        assert bool(((y.double() - y0.double()).abs() <= 2 * slack).all()), isa
-        assert bool(((y.double() - x.double() @ wd.T).abs() <= bound).all()), isa
+        assert bool(((y.double() - emu).abs() <= slack).all()), (isa, amx)
+        assert bool(((y.double() - y0.double()).abs() <= 2 * slack).all()), (isa, amx)
+        assert bool(((y.double() - x.double() @ wd.T).abs() <= bound).all()), (isa, amx)
 
 
 def test_int4_gemm_threads_rows_bitwise_and_prefill_choice(use_isa, monkeypatch):
@@ -380,22 +396,22 @@ def test_int4_gemm_threads_rows_bitwise_and_prefill_choice(use_isa, monkeypatch)
     x, (p, s, z), *_ = _int4_case(n, k, m, gs, seed=11)
     old = torch.get_num_threads()
     try:
-        for isa in _isas():
-            use_isa(isa)
+        for isa, amx in _int4_paths(use_isa, monkeypatch):
             outs = []
             for t in (1, 2, 3):
                 torch.set_num_threads(t)
                 outs.append(native.int4_mm(x, p, s, z, gs))
-            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), isa
+            assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (isa, amx)
             # a row's result does not depend on the other rows of the call (nor on its tile)
-            assert torch.equal(native.int4_mm(x[3:12], p, s, z, gs), outs[0][3:12]), isa
-            assert torch.equal(native.int4_mm(x[:, :], p[:9], s[:9], z[:9], gs), outs[0][:, :9]), isa
+            assert torch.equal(native.int4_mm(x[3:12], p, s, z, gs), outs[0][3:12]), (isa, amx)
+            assert torch.equal(native.int4_mm(x, p[:9], s[:9], z[:9], gs), outs[0][:, :9]), (isa, amx)
     finally:
         torch.set_num_threads(old)
     # auto: native runs int4 prefill (the GEMM where its VNNI path runs) and decode, and no
     # packed copy of the weight is built (prepare() packs what choose() picks)
     monkeypatch.delenv(ENV, raising=False)
     monkeypatch.delenv("OLMO2_NATIVE_ISA", raising=False)
+    monkeypatch.delenv("OLMO2_NATIVE_AMX", raising=False)
     native.reset()
     lin = Int4Linear.from_float(_w(n, k, seed=11), gs)
     assert (choose("int4", "prefill", lin.native_fits()) == "native") == native.available()

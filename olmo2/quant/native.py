@@ -1,5 +1,6 @@
 """olmo2's own CPU matmul kernels (olmo2/quant/native/: gemv.c for decode, gemm.c for int8
-prefill, gemm4.c for int4 prefill, f32.c for fp32 decode on AVX2-only CPUs), built on first use.
+prefill, gemm4.c for int4 prefill (gemm4_amx.c on CPUs with AMX-INT8), f32.c for fp32 decode on
+AVX2-only CPUs), built on first use.
 
     from olmo2.quant import native
     if native.available():
@@ -10,9 +11,11 @@ prefill, gemm4.c for int4 prefill, f32.c for fp32 decode on AVX2-only CPUs), bui
 
     OLMO2_NATIVE=0            never build or use the library (kernels.py falls back)
     OLMO2_NATIVE_ISA=avx2     force the AVX2 code path on an AVX-512 CPU (what AMD Zen 3 runs)
+    OLMO2_NATIVE_AMX=0        int4 prefill on AVX-512 VNNI (gemm4.c) even where AMX-INT8 runs
+                              (read per call: tests and benchmarks compare the two)
     CC=...                    the C compiler (default: cc, then gcc)
 
-Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c f32.c` (one library) into the per-user cache
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c gemm4_amx.c f32.c` (one library) into the per-user cache
 (`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
 the sha256 of the sources, the compiler's `--version` and the flags, so a changed source
 or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
@@ -45,9 +48,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "f32.c"))
+SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "gemm4_amx.c", "f32.c"))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
-ABI = 7               # olmo2_native_abi() of the source this module speaks to (7: + olmo2_int4_prefill_mm)
+ABI = 8               # olmo2_native_abi() of the source this module speaks to (8: + olmo2_int4_prefill_amx_mm)
 # Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
 # gemv.c's per-row kernel. Measured on the 8192x2048 shape with the weights streamed from
 # memory (1 thread): at 1-2 rows the GEMV is 1.2-1.3x faster (it prefetches for streaming),
@@ -117,10 +120,12 @@ def _load() -> ctypes.CDLL:
     lib.olmo2_int8_prefill_mm.argtypes = [i, i, f, i, i, p, p, i, f]
     lib.olmo2_int4_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
     lib.olmo2_int4_prefill_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
+    lib.olmo2_int4_prefill_amx_mm.argtypes = [i, i, f, i, i, p, p, p, i, i, f]
+    lib.olmo2_amx_available.argtypes = []
     lib.olmo2_bf16_mm.argtypes = [i, i, f, i, i, p, i, f]
     lib.olmo2_f32_mm.argtypes = [i, i, f, i, i, p, i, f]
     for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_int4_prefill_mm,
-               lib.olmo2_bf16_mm, lib.olmo2_f32_mm):
+               lib.olmo2_int4_prefill_amx_mm, lib.olmo2_amx_available, lib.olmo2_bf16_mm, lib.olmo2_f32_mm):
         fn.restype = ctypes.c_int
     _state["path"] = str(path)
     return lib
@@ -241,9 +246,22 @@ def per_row():
         _gemm_rows[:] = old
 
 
+def amx_available() -> bool:
+    """Whether int4 prefill runs gemm4_amx.c: the AVX-512 path is in use, the CPU has
+    AMX-TILE and AMX-INT8, the OS granted this process the tile state (the library asks once),
+    and OLMO2_NATIVE_AMX is not 0 (read on every call)."""
+    if os.environ.get("OLMO2_NATIVE_AMX", "1").strip() == "0" or not int8_gemm_available():
+        return False
+    if "amx" not in _state:
+        _state["amx"] = bool(_lib().olmo2_amx_available())
+    return bool(_state["amx"])
+
+
 def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
-    gemm = x.shape[0] >= _gemm_rows[1] and int8_gemm_available()
-    return _mm("int4_prefill" if gemm else "int4", x, w.shape[0], _ptr(w), _ptr(s), _ptr(z), group_size)
+    entry = "int4"
+    if x.shape[0] >= _gemm_rows[1] and int8_gemm_available():
+        entry = "int4_prefill_amx" if amx_available() else "int4_prefill"
+    return _mm(entry, x, w.shape[0], _ptr(w), _ptr(s), _ptr(z), group_size)
 
 
 def _bf16(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -308,8 +326,9 @@ def int8_mm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> tor
 def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
             group_size: int) -> torch.Tensor:
     """x [M, K] @ dequantize_int4(packed, scales, zeros, group_size)^T in fp32 (x quantized per
-    32 columns to int8, the same x̂ in both kernels: gemv.c below INT4_GEMM_ROWS rows or on
-    AVX2, gemm4.c's GEMM from there on AVX-512, which sums in another fp32 order)."""
+    32 columns to int8, the same x̂ in every kernel: gemv.c below INT4_GEMM_ROWS rows or on
+    AVX2, from there on AVX-512 gemm4.c's GEMM, or gemm4_amx.c's where amx_available(); the
+    GEMMs sum in other fp32 orders)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_int4_mm(x, packed, scales, zeros, group_size)
     return _int4(x, packed, scales, zeros, group_size)
