@@ -46,7 +46,9 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   register-blocked GEMM (4 x 4 tiles; each weight chunk unpacked once per tile) with the
   decode kernel's x̂, ~2x gemv.c's per-row int4 kernel per CPU-second at 8-128 rows on the
   1B's shapes (benchmarks/RESULTS.md, "Native int4 prefill GEMM"); the per-row kernel had
-  done 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run).
+  done 105 vs aten's 69 GFLOP/s at 128 rows (1 thread, same run). Where the CPU has
+  AMX-INT8 (and the OS grants it), gemm4_amx.c does the integer products on the tile unit
+  instead, ~2x gemm4.c again (same x̂; OLMO2_NATIVE_AMX=0 turns it off).
   int8 prefill runs gemm.c, a register-blocked GEMM (4 x 6 tiles of vpdpbusd on blocks
   whose int32 lanes span 8 chunks, so one convert + FMA per 8): at 128 rows, 1 thread, on
   the 1B's shapes, 166-189 GFLOP/s vs aten's 81-87 (2026-11-29, benchmarks/RESULTS.md
