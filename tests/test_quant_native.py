@@ -392,7 +392,7 @@ def test_int4_gemm_vs_float_emulation_and_rows(use_isa, monkeypatch, m, k, gs):
 
 
 def test_int4_gemm_threads_rows_bitwise_and_prefill_choice(use_isa, monkeypatch):
-    n, k, m, gs = 301, 1152, 19, 128   # 301: no even thread split; K/G = 9 groups (padded to 16)
+    n, k, m, gs = 301, 1152, 37, 128   # 301: no even thread split; K/G = 9 groups (padded to 16)
     x, (p, s, z), *_ = _int4_case(n, k, m, gs, seed=11)
     old = torch.get_num_threads()
     try:
@@ -403,8 +403,12 @@ def test_int4_gemm_threads_rows_bitwise_and_prefill_choice(use_isa, monkeypatch)
                 outs.append(native.int4_mm(x, p, s, z, gs))
             assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2]), (isa, amx)
             # a row's result does not depend on the other rows of the call (nor on its tile)
-            assert torch.equal(native.int4_mm(x[3:12], p, s, z, gs), outs[0][3:12]), (isa, amx)
+            assert torch.equal(native.int4_mm(x[5:22], p, s, z, gs), outs[0][5:22]), (isa, amx)
             assert torch.equal(native.int4_mm(x, p[:9], s[:9], z[:9], gs), outs[0][:, :9]), (isa, amx)
+        # 8-15 rows take gemm4.c even where AMX runs (its tiles hold 16 rows)
+        y8 = {amx: native.int4_mm(x[:8], p, s, z, gs) for isa, amx in _int4_paths(use_isa, monkeypatch)
+              if isa == "avx512"}
+        assert all(torch.equal(v, y8["0"]) for v in y8.values())
     finally:
         torch.set_num_threads(old)
     # auto: native runs int4 prefill (the GEMM where its VNNI path runs) and decode, and no

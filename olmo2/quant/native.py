@@ -60,6 +60,10 @@ INT8_GEMM_ROWS = 8
 # Rows from which int4_mm runs gemm4.c's register-blocked GEMM (AVX-512 VNNI only) instead
 # of gemv.c's per-row int4 kernel: measured in benchmarks/RESULTS.md, "Native int4 prefill GEMM".
 INT4_GEMM_ROWS = 8
+# Rows from which that GEMM runs on AMX tiles (gemm4_amx.c) where the CPU has them: its tiles
+# hold 16 activation rows, so at 8 rows it was slower than gemm4.c (132 vs 175 GFLOP/s per
+# CPU-second, 1 thread, weights streamed) and at 16 faster (251 vs 198; RESULTS.md).
+INT4_AMX_ROWS = 16
 _gemm_rows = [INT8_GEMM_ROWS, INT4_GEMM_ROWS]   # per_row() lifts both: the quality report's decode rows
 ISAS = {"avx2": 1, "avx512": 2}
 # Shapes the C entry points take (checked here so a call never returns an error code).
@@ -260,7 +264,7 @@ def amx_available() -> bool:
 def _int4(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
     entry = "int4"
     if x.shape[0] >= _gemm_rows[1] and int8_gemm_available():
-        entry = "int4_prefill_amx" if amx_available() else "int4_prefill"
+        entry = "int4_prefill_amx" if x.shape[0] >= INT4_AMX_ROWS and amx_available() else "int4_prefill"
     return _mm(entry, x, w.shape[0], _ptr(w), _ptr(s), _ptr(z), group_size)
 
 
@@ -327,8 +331,8 @@ def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: 
             group_size: int) -> torch.Tensor:
     """x [M, K] @ dequantize_int4(packed, scales, zeros, group_size)^T in fp32 (x quantized per
     32 columns to int8, the same x̂ in every kernel: gemv.c below INT4_GEMM_ROWS rows or on
-    AVX2, from there on AVX-512 gemm4.c's GEMM, or gemm4_amx.c's where amx_available(); the
-    GEMMs sum in other fp32 orders)."""
+    AVX2, from there on AVX-512 gemm4.c's GEMM, or from INT4_AMX_ROWS gemm4_amx.c's where
+    amx_available(); the GEMMs sum in other fp32 orders)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_int4_mm(x, packed, scales, zeros, group_size)
     return _int4(x, packed, scales, zeros, group_size)
