@@ -25,8 +25,10 @@
  *       call.
  *   C[n][i] = sum over the block of q * xq: exact in int32 (|C| <= 32 * 15 * 127 = 60960),
  *       converted exactly to fp32.
- * Per block, C row n (the 16 activation rows of weight row n, one zmm):
- *     acc[n] += fp32(C[n]) * (xs_b[m_0..m_15] * s_{n,g(b)})       (fp32 FMA per lane)
+ * Per four blocks b..b+3 (one tile-unit pass), C_b row n being the 16 activation rows of
+ * weight row n (one zmm) and xs_b the 16 rows' block scales:
+ *     t = sum over the blocks of one weight group g of fp32(C_b[n]) * xs_b  (fp32, in b order)
+ *     acc[n] += t * s_{n,g}                     (one, two or four groups: G >= 128, 64, 32)
  * then, as in gemm4.c, acc[n] += z_{n,g} * xsum_g[m] - s_{n,g} * corr4_g[m] per group, and
  * lane i of acc[n] is y[m_i, n]: no horizontal sums. The products and x̂ equal gemv.c's and
  * gemm4.c's; the fp32 sums run in another order (tests: within the fp32 slack).
