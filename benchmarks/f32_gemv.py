@@ -1,5 +1,5 @@
 """GB/s of fp32 decode GEMVs on OLMo-2-0425-1B shapes: PyTorch's F.linear (MKL sgemv) vs
-olmo2's native fp32 kernel (olmo2/quant/native/f32.c) on its AVX2 and AVX-512 paths.
+olmo2's native fp32 kernel (olmo2/quant/native/float.c) on its AVX2 and AVX-512 paths.
 
     python benchmarks/f32_gemv.py                          # 1 thread, 2 layers + LM head, 5 rounds
     python benchmarks/f32_gemv.py --threads 1,2 --rounds 7
@@ -13,7 +13,7 @@ thread counts alternate too, so every figure in a row sees the same machine load
 within one run only, and read the load average printed at the start and the end.
 
 Why: on the AMD Zen 3 machine kind MKL's fp32 GEMV streamed ~13.6 GB/s against llama.cpp's
-22-25 (docs/cpu-baseline.md), so CPUs without AVX-512 run f32.c instead. Here (Intel,
+22-25 (docs/cpu-baseline.md), so CPUs without AVX-512 run float.c's fp32 GEMV instead. Here (Intel,
 AVX-512) the question this answers is whether the AVX2 loop, forced, keeps up with MKL; the
 AMD speed itself cannot be measured on this host.
 """

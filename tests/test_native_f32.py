@@ -1,4 +1,4 @@
-"""olmo2's fp32 GEMV (olmo2/quant/native/f32.c, native.f32_mm) and NativeF32Linear
+"""olmo2's fp32 GEMV (olmo2/quant/native/float.c, native.f32_mm) and NativeF32Linear
 (olmo2/quant/f32.py) against fp64 and F.linear.
 
 Error bound: the kernel's products are rounded once inside an FMA and summed in fp32 in its

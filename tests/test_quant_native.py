@@ -149,6 +149,24 @@ def test_bf16_vs_float(use_isa, n, k, m):
         assert bool(((y - ref).abs() <= _slack(x, w.double().abs())).all()), isa
 
 
+def test_bf16_row_alone_equals_row_in_quad(use_isa):
+    """float.c runs four rows per pass and the N % 4 tail one by one, with the same per-row
+    order: a row's bits do not depend on where it sits (its quad, the tail, alone). K % 32 ==
+    16 takes the AVX-512 loop's last 16-column step."""
+    n, k, m = 11, 2064, 3            # two quads + a tail of 3
+    w, x = _w(n, k, seed=11).to(torch.bfloat16), _x(m, k, seed=5)
+    for isa in _isas():
+        use_isa(isa)
+        y = native.bf16_mm(x, w)
+        for i in range(n):           # a one-row weight: the tail path
+            assert torch.equal(native.bf16_mm(x, w[i:i + 1]), y[:, i:i + 1]), (isa, i)
+        assert torch.equal(native.bf16_mm(x, w[1:]), y[:, 1:]), isa    # every row in another group
+        assert torch.equal(native.bf16_mm(x[1:2], w), y[1:2]), isa     # one activation row of three
+        # the fp64 check of test_bf16_vs_float can fail: a swapped row pair breaks it
+        swapped = native.bf16_mm(x, w[[1, 0, *range(2, n)]]).double()
+        assert not bool(((swapped - x.double() @ w.double().T).abs() <= _slack(x, w.double().abs())).all())
+
+
 def test_isas_agree_and_thread_count_is_bitwise_irrelevant(use_isa):
     n, k, m = 301, 512, 2          # 301 rows: not a multiple of any thread split
     w, x = _w(n, k, seed=7), _x(m, k)
@@ -173,7 +191,9 @@ def test_isas_agree_and_thread_count_is_bitwise_irrelevant(use_isa):
         wd = formats.dequantize_int8(q, s).double().abs()
         d = (outs["avx512", 1][0].double() - outs["avx2", 1][0].double()).abs()
         assert bool((d <= 2 * _slack(xh, wd)).all())
-        assert torch.allclose(outs["avx512", 1][2], outs["avx2", 1][2], rtol=1e-5, atol=1e-6)
+        # bf16: exact products, two summation orders, each within K·u·Σ|x||w| of the exact sum
+        d = (outs["avx512", 1][2].double() - outs["avx2", 1][2].double()).abs()
+        assert bool((d <= _slack(x, b.double().abs())).all())
 
 
 def test_linears_use_it_for_decode_and_match(monkeypatch):

@@ -18,8 +18,8 @@ CLI: `olmo2 quantize MODEL --bits 8|4 [--group-size G] --out DIR [--report]`, an
 `--quant {none,bf16,int8,int4}` on generate, chat, serve, score and eval.
 
 Modules: formats.py (the tensor formats), kernels.py (run-time kernel choice, env
-OLMO2_QUANT_KERNEL), native.py + native/gemv.c (our C decode kernels), linear.py (the
-quantized modules), f32.py + native/f32.c (fp32 decode on our GEMV where the CPU lacks
+OLMO2_QUANT_KERNEL), native.py + native/*.c (our C kernels), linear.py (the
+quantized modules), f32.py + native/float.c (fp32 decode on our GEMV where the CPU lacks
 AVX-512, `--quant none`), swap.py (plan + module swap),
 io.py (checkpoints + the shared load), report.py (quality report).
 

@@ -1,4 +1,4 @@
-"""fp32 decode on olmo2's own GEMV (olmo2/quant/native/f32.c) where the CPU lacks AVX-512.
+"""fp32 decode on olmo2's own GEMV (olmo2/quant/native/float.c) where the CPU lacks AVX-512.
 
     from olmo2.quant.f32 import use_native_f32
     n = use_native_f32(model)     # nn.Linear -> NativeF32Linear in place where choose() says so

@@ -60,7 +60,7 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   A shape it does not take (K not a multiple of its block) or a machine where it did not
   build keeps the choice below.
 - fp32 (`choose("fp32", ...)`, olmo2/quant/f32.py's NativeF32Linear: plain float models,
-  `--quant none`): "native" (olmo2/quant/native/f32.c) for decode on CPUs without AVX-512
+  `--quant none`): "native" (olmo2/quant/native/float.c) for decode on CPUs without AVX-512
   (the AMD Zen 3 kind, where MKL's fp32 GEMV streamed ~13.6 GB/s vs llama.cpp's 22-25:
   docs/cpu-baseline.md), or under OLMO2_QUANT_KERNEL=native; else "torch" (F.linear: MKL).
   On this Intel host MKL's sgemv is at the bandwidth, so nothing changes here by default;

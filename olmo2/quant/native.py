@@ -1,6 +1,6 @@
-"""olmo2's own CPU matmul kernels (olmo2/quant/native/: gemv.c for decode, gemm.c for int8
-prefill, gemm4.c for int4 prefill (gemm4_amx.c on CPUs with AMX-INT8), f32.c for fp32 decode on
-AVX2-only CPUs), built on first use.
+"""olmo2's own CPU matmul kernels (olmo2/quant/native/: gemv.c for int8/int4 decode, gemm.c for
+int8 prefill, gemm4.c for int4 prefill (gemm4_amx.c on CPUs with AMX-INT8), float.c for bf16
+decode and fp32 decode on AVX2-only CPUs), built on first use.
 
     from olmo2.quant import native
     if native.available():
@@ -15,7 +15,7 @@ AVX2-only CPUs), built on first use.
                               (read per call: tests and benchmarks compare the two)
     CC=...                    the C compiler (default: cc, then gcc)
 
-Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c gemm4_amx.c f32.c` (one library) into the per-user cache
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c gemm4_amx.c float.c` (one library) into the per-user cache
 (`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
 the sha256 of the sources, the compiler's `--version` and the flags, so a changed source
 or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "gemm4_amx.c", "f32.c"))
+SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "gemm4_amx.c", "float.c"))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
 ABI = 8               # olmo2_native_abi() of the source this module speaks to (8: + olmo2_int4_prefill_amx_mm)
 # Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
@@ -339,14 +339,14 @@ def int4_mm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: 
 
 
 def bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ weight bf16 [N, K]^T in fp32 (exact products, fp32 sums)."""
+    """x [M, K] @ weight bf16 [N, K]^T in fp32 (exact products, fp32 sums; float.c)."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_bf16_mm(x, weight)
     return _bf16(x, weight)
 
 
 def f32_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [M, K] @ weight fp32 [N, K]^T in fp32 (fp32 FMA; f32.c). The weight must be dense fp32
+    """x [M, K] @ weight fp32 [N, K]^T in fp32 (fp32 FMA; float.c). The weight must be dense fp32
     (a Parameter's data as loaded); x is made fp32 and dense."""
     if torch.compiler.is_compiling():
         return torch.ops.olmo2.native_f32_mm(x, weight)

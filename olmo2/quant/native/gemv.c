@@ -4,10 +4,9 @@
  *   int8  w[n,k] = q[n,k] * s[n]                 q int8, s bf16 per output row
  *   int4  w[n,k] = (q[n,k] - 8) * s[n,g] + z[n,g] q 0..15 two per byte (column 2j = low nibble
  *                                               of byte j), s/z bf16 per group of G columns
- *   bf16  w[n,k] bf16
  *
- * Built by olmo2/quant/native.py with plain `gcc -O3 -shared -fopenmp` (no -march; with
- * gemm.c and f32.c, the fp32 GEMV, into one library): each
+ * (bf16 and fp32 weights: float.c.) Built by olmo2/quant/native.py with plain `gcc -O3
+ * -shared -fopenmp` (no -march; with gemm.c and float.c into one library): each
  * SIMD body carries its own __attribute__((target(...))) and the caller picks one from
  * the CPU's flags, so the one cached .so runs on an AVX2-only CPU and never executes an
  * instruction the CPU lacks. No torch headers: it compiles in about a second.
@@ -48,8 +47,6 @@
  * - The int32 sum of each 4 (int8) or 8 (int4) columns is converted to fp32 and
  *   multiplied by its block's activation scale (and int4's group scale) lane by lane;
  *   lanes are summed once per output row.
- * - bf16: bf16 -> fp32 is a 16-bit left shift; fp32 FMA with the fp32 activation (exact
- *   products, no activation rounding).
  *
  * Threads: output rows are split statically across `nthreads` OpenMP threads. Each output
  * element is computed by one thread in a fixed order, so the result does not depend on
@@ -73,7 +70,7 @@
 
 enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
-int olmo2_native_abi(void) { return 8; } /* 5: gemm.c's olmo2_int8_prefill_mm; 6: f32.c's olmo2_f32_mm; 7: gemm4.c's olmo2_int4_prefill_mm; 8: gemm4_amx.c */
+int olmo2_native_abi(void) { return 8; } /* 5: gemm.c's olmo2_int8_prefill_mm; 6: float.c's olmo2_f32_mm; 7: gemm4.c's olmo2_int4_prefill_mm; 8: gemm4_amx.c */
 
 /* 2 if AVX-512 F/BW/VNNI (and the OS saves zmm state: __builtin_cpu_supports checks),
  * 1 if AVX2+FMA, else 0. */
@@ -471,43 +468,8 @@ __attribute__((target("avx2,fma"))) static void dot4x4_avx2(const uint8_t *w, si
 }
 
 /* ---------------------------------------------------------------------------------------
- * bf16: fp32 activations, weight widened by a shift, fp32 FMA.
- * ------------------------------------------------------------------------------------- */
-__attribute__((target("avx512f,avx512bw,fma"))) static float dotbf_avx512(const uint16_t *w, const float *x, int K) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 32 <= K; k += 32) {
-        __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k)));
-        __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k + 16)));
-        acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_loadu_ps(x + k), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(b, 16)), _mm512_loadu_ps(x + k + 16), acc1);
-    }
-    for (; k < K; k += 16) {
-        __m512i a = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k)));
-        acc0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_loadu_ps(x + k), acc0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-
-__attribute__((target("avx2,fma"))) static float dotbf_avx2(const uint16_t *w, const float *x, int K) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k)));
-        __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8)));
-        acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_loadu_ps(x + k), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(b, 16)), _mm256_loadu_ps(x + k + 8), acc1);
-    }
-    for (; k < K; k += 8) {
-        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k)));
-        acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), _mm256_loadu_ps(x + k), acc0);
-    }
-    return hsum256(_mm256_add_ps(acc0, acc1));
-}
-
-/* ---------------------------------------------------------------------------------------
  * Entry points. Shapes are checked by the caller (native.py `fits`): K % 64 == 0 (int8),
- * K % 128 == 0 and G in {32, 64, 128, 256} (int4), K % 16 == 0 (bf16). Return 0 on
+ * K % 128 == 0 and G in {32, 64, 128, 256} (int4). Return 0 on
  * success, -1 for an unknown ISA or shape, -2 when out of memory.
  * ------------------------------------------------------------------------------------- */
 int olmo2_int8_mm(int isa, int nthreads, const float *x, int M, int K, const int8_t *w, const uint16_t *scales, int N,
@@ -640,16 +602,4 @@ int olmo2_int4_mm(int isa, int nthreads, const float *x, int M, int K, const uin
     free(buf);
     free(ps);
     return err;
-}
-
-int olmo2_bf16_mm(int isa, int nthreads, const float *x, int M, int K, const uint16_t *w, int N, float *y) {
-    if (K % 16 || M <= 0 || N <= 0 || (isa != ISA_AVX2 && isa != ISA_AVX512)) return -1;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int n = 0; n < N; n++) {
-        const uint16_t *wn = w + (size_t)n * K;
-        for (int m = 0; m < M; m++)
-            y[(size_t)m * N + n] = isa == ISA_AVX512 ? dotbf_avx512(wn, x + (size_t)m * K, K)
-                                                     : dotbf_avx2(wn, x + (size_t)m * K, K);
-    }
-    return 0;
 }
