@@ -1,0 +1,138 @@
+"""GB/s of olmo2's native bf16 decode GEMV (native.bf16_mm's C entry point) against other
+builds of the same library, alternating in one process on OLMo-2-0425-1B shapes.
+
+    python benchmarks/native_gemv_ab.py --lib old=/tmp/old/gemv.so --threads 2 --rounds 40
+    python benchmarks/native_gemv_ab.py --lib old=/tmp/old/gemv.so --threads 1 --isa avx2
+
+Why: a kernel change is judged against the kernel it replaces, and on a shared host the load
+drifts between processes more than two GEMVs differ, so both run in this process, call by
+call: `this` is the library native.py builds from this checkout; each `--lib NAME=PATH` is
+another build with the same `olmo2_bf16_mm` entry point (e.g. main before the change:
+`git worktree add /tmp/old REF && cd /tmp/old/olmo2/quant/native && gcc -O3 -shared -fPIC
+-fopenmp -std=gnu11 -o /tmp/old/gemv.so *.c -lm`). ctypes calls the entry points directly,
+so what is timed is the C loop, not the Python wrapper.
+
+Weights: the 1B's 113 decode GEMVs (16 blocks of q, k, v, o 2048x2048, gate, up 8192x2048,
+down 2048x8192, and the 100352x2048 LM head) in bf16, 2.56 GB, cut into five chunks (four
+blocks each, 0.54 GB, and the LM head, 0.41 GB). Each round, every library streams one
+chunk, in shuffled order, the chunk rotating from one call to the next, so no library
+re-reads what the one before it just read (this host's L3 is 480 MB). Printed per library:
+GB/s (median, quartiles, 90th percentile: on a loaded host the upper figures are the rounds
+it was left alone), at 1 thread also GB per second of the calling thread's CPU time (leaves
+out the time the OS gave the core to other jobs), and its speed over the first library's
+(the first `--lib`, else `this`) in the same round. `--probe` adds the read-bandwidth probe of benchmarks/quant_kernels.py
+once per round. Outputs are compared with the first library's before timing (bitwise, or
+the max relative difference).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import random
+import statistics
+import time
+
+import torch
+
+from quant_kernels import bandwidth_probe  # benchmarks/ is on sys.path when run as a script
+
+H, F_, V = 2048, 8192, 100352
+BLOCK = [(H, H)] * 4 + [(F_, H)] * 2 + [(H, F_)]   # (N, K) as stored
+ISAS = {"avx2": 1, "avx512": 2}
+
+
+def chunks() -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+
+    def mk(n, k):
+        return (torch.randn(n, k, generator=g) * 0.02).to(torch.bfloat16)
+    return [[mk(n, k) for _ in range(4) for n, k in BLOCK] for _ in range(4)] + [[mk(V, H)]]
+
+
+def load(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
+    i, p = ctypes.c_int, ctypes.c_void_p
+    lib.olmo2_bf16_mm.argtypes = [i, i, p, i, i, p, i, p]
+    lib.olmo2_bf16_mm.restype = i
+    return lib
+
+
+def quartiles(v: list[float]) -> str:
+    s = sorted(v)
+    return f"{statistics.median(s):.1f} (IQR {s[len(s) // 4]:.1f}-{s[3 * len(s) // 4]:.1f}, p90 {s[int(0.9 * len(s))]:.1f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lib", action="append", default=[], help="NAME=PATH of another build (repeatable)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", choices=sorted(ISAS), default="avx512")
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--probe", action="store_true", help="measure the read bandwidth once per round")
+    args = ap.parse_args()
+    from olmo2.quant import native
+    if not native.available():
+        raise SystemExit(f"error: native library: {native.reason()}")
+    libs = {}  # the --lib builds first: the first one is the base of the per-round ratios
+    for spec in args.lib:
+        name, _, path = spec.partition("=")
+        if not path or not os.path.exists(path):
+            ap.error(f"--lib {spec}: give NAME=PATH of a built library")
+        libs[name] = load(path)
+    libs["this"] = load(native._state["path"])
+    torch.set_num_threads(args.threads)
+    isa, th = ISAS[args.isa], args.threads
+    cs = chunks()
+    xs = {k: torch.randn(1, k, generator=torch.Generator().manual_seed(1)) for k in (H, F_)}
+    ys = {n: torch.empty(1, n) for n in (H, F_, V)}
+    nbytes = [sum(w.numel() * 2 for w in c) for c in cs]
+
+    def run(lib, c: int, keep: bool = False) -> list[torch.Tensor]:
+        out = []  # outputs kept only for the check before timing (a copy is not the kernel's time)
+        for w in cs[c]:
+            n, k = w.shape
+            rc = lib.olmo2_bf16_mm(isa, th, xs[k].data_ptr(), 1, k, w.data_ptr(), n, ys[n].data_ptr())
+            if rc != 0:
+                raise SystemExit(f"error: olmo2_bf16_mm returned {rc} for {n}x{k}")
+            if keep:
+                out.append(ys[n].clone())
+        return out
+
+    names = list(libs)
+    ref = [run(libs[names[0]], c, keep=True) for c in range(len(cs))]
+    for name in names[1:]:
+        got = [run(libs[name], c, keep=True) for c in range(len(cs))]
+        pairs = [(a, b) for ca, cb in zip(got, ref) for a, b in zip(ca, cb)]
+        rel = max(float(((a - b).abs() / b.abs().clamp_min(1e-3)).max()) for a, b in pairs)
+        print(f"# {name} vs {names[0]}: bitwise equal {all(torch.equal(a, b) for a, b in pairs)}, max rel diff {rel:.1e}")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"# {cpu}; {args.isa}, {th} thread(s), {args.rounds} rounds, chunks {[round(b / 1e9, 2) for b in nbytes]} GB; "
+          f"load average {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC", flush=True)
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    busy: dict[str, list[float]] = {k: [] for k in names}
+    probes = []
+    c = 0
+    for _ in range(args.rounds):
+        if args.probe:
+            probes.append(bandwidth_probe(1))
+        order = names[:]
+        random.shuffle(order)
+        for k in order:
+            t, tc = time.perf_counter(), time.thread_time()
+            run(libs[k], c)
+            wall[k].append(nbytes[c] / (time.perf_counter() - t) / 1e9)
+            busy[k].append(nbytes[c] / (time.thread_time() - tc) / 1e9)
+            c = (c + 1) % len(cs)
+    if probes:
+        print(f"# probe GB/s {quartiles(probes)}")
+    for k in names:
+        r = sorted(a / b for a, b in zip(wall[k], wall[names[0]]))
+        q = len(r) // 4
+        print(f"{k:>8}: GB/s {quartiles(wall[k])}" + (f"; per CPU-s {statistics.median(busy[k]):.1f}" if th == 1 else "")
+              + f"; / {names[0]} per round median {statistics.median(r):.2f}x (IQR {r[q]:.2f}-{r[-q - 1]:.2f}x)")
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
