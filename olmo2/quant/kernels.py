@@ -30,9 +30,12 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   outputs at one row (tests/test_quant_linear.py). It is now the fallback for a machine
   where olmo2's kernels did not build: with them, bf16 decode is native and bf16 prefill
   aten's F.linear, both faster than it on the plain weight (`choose`).
-- `native` (olmo2/quant/native/gemv.c, built on first use; OLMO2_NATIVE=0 disables it):
-  our decode GEMVs for int8/int4/bf16 with AVX-512 VNNI and AVX2 code paths chosen from
-  the CPU flags. aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
+- `native` (olmo2/quant/native/: gemv.c int8/int4, float.c bf16; built on first use;
+  OLMO2_NATIVE=0 disables it): our decode GEMVs for int8/int4/bf16 with AVX-512 and AVX2
+  code paths chosen from the CPU flags. bf16 keeps x in fp32 and widens the weight exactly
+  (a 16-bit shift); it runs the fp32 GEMV's loop (four rows per pass sharing each x load,
+  L2 prefetch of the next quad), 1.34x (AVX-512) / 1.47x (AVX2) the GB/s of the former
+  one-row kernel per round at 1 thread (benchmarks/RESULTS.md, "Native bf16 GEMV"). aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
   and are slow on AVX2-only CPUs; fbgemm's per-tensor activation quantization cost 2%
   top-1 agreement. The native kernels quantize the activation per block of 32 columns:
   int8 to ~15 bits split into two int8 digits (two vpdpbusd / vpmaddubsw per weight load;
@@ -222,10 +225,11 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         # docs/cpu-baseline.md), unmeasured there.
         return "native"
     if phase == "decode" and native_ok:
-        # bf16 too, on every CPU: with the L2 prefetch (gemv.c PF_HINT) our bf16 GEMV beat
+        # bf16 too, on every CPU: even the former one-row bf16 GEMV (no prefetch) beat
         # oneDNN's reordered linear at 1B decode, 1.12-1.71x per round (median 4.64 vs 3.33
         # tok/s, 2 threads, 4 alternating rounds, idle Intel host, 2026-11-29 20:33 UTC,
-        # benchmarks/quant_decode_ab.py); it reads the plain weight, which prefill reuses.
+        # benchmarks/quant_decode_ab.py); float.c's four-row loop is faster still (docstring).
+        # It reads the plain weight, which prefill reuses.
         return "native"
     if fmt == "int8":
         # fbgemm was faster in benchmarks/quant_kernels.py (decode 2.1x, prefill 7x aten's
