@@ -6,7 +6,7 @@
  *                                               of byte j), s/z bf16 per group of G columns
  *
  * (bf16 and fp32 weights: float.c.) Built by olmo2/quant/native.py with plain `gcc -O3
- * -shared -fopenmp` (no -march; with gemm.c and float.c into one library): each
+ * -shared -fopenmp` (no -march; with the other native/*.c into one library): each
  * SIMD body carries its own __attribute__((target(...))) and the caller picks one from
  * the CPU's flags, so the one cached .so runs on an AVX2-only CPU and never executes an
  * instruction the CPU lacks. No torch headers: it compiles in about a second.
