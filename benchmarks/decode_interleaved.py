@@ -47,7 +47,12 @@ ggml's parallel regions (`threadpool_check` prints what /proc/self/maps shows). 
 switch still costs something if the team's threads were parked, so the run measures it:
 each side's blocks that follow the other side's vs those that follow its own (ABBA gives
 half of each), printed as "switch". `--wait-policy passive` re-executes with
-OMP_WAIT_POLICY=PASSIVE (the runtime reads it once, at start) for the control of that.
+OMP_WAIT_POLICY=PASSIVE (the runtime reads it once, at start): parked threads sleep at once
+instead of spinning. Under *outside* load it matters a great deal (RESULTS.md, 22:00 UTC,
+int8, load 3-4 on 2 cores: both sides 2.5-5x faster, intervals 3x narrower), because a
+spinning thread burns the core its descheduled partner needs; its cost on an idle host is
+what `--wait-policy passive` vs the default measures there. The default stays unset: what
+`olmo2 generate` and llama.cpp users run.
 Not a test: numbers depend on the machine and its load.
 """
 from __future__ import annotations
@@ -187,19 +192,13 @@ class LlamaSide:
 
     def close(self) -> None:
         self.llm.close()
-        del self.llm
 
 
 def threadpool_check() -> str:
     """Which OpenMP runtimes this process has mapped (after both libraries loaded)."""
-    libs = set()
-    try:
-        for line in Path("/proc/self/maps").read_text().splitlines():
-            if "libgomp" in line or "libiomp" in line or "libomp" in line:
-                libs.add(line.split()[-1])
-    except OSError:
-        return "unknown (no /proc/self/maps)"
-    return f"{len(libs)} OpenMP runtime(s) mapped: " + ", ".join(sorted(libs))
+    maps = Path("/proc/self/maps").read_text().splitlines() if Path("/proc/self/maps").exists() else []
+    libs = sorted({ln.split()[-1] for ln in maps if any(k in ln for k in ("libgomp", "libiomp", "libomp"))})
+    return f"{len(libs)} OpenMP runtime(s) mapped: " + ", ".join(libs)
 
 
 # ---- one precision ---------------------------------------------------------------------
@@ -257,8 +256,10 @@ def run_precision(args, model_dir: Path, prec: str, prompt: list[int]) -> Result
         res.order = abba(args.rounds)
         for i, name in enumerate(res.order):
             if i % 2 == 0 and pos + res.block > args.max_new:
-                for s in sides.values():
-                    s.prefill()
+                # even positions of ABBA follow the same side; its prefill goes last, so the
+                # block still follows its own work (the "switch" figure stays clean)
+                for other in sorted(sides, key=lambda n: n == name):
+                    sides[other].prefill()
                 pos = 0
             t, c = time.perf_counter(), time.process_time()
             toks = sides[name].decode(res.block)
@@ -273,7 +274,11 @@ def run_precision(args, model_dir: Path, prec: str, prompt: list[int]) -> Result
             s.close()
         del o, ll, sides
         gc.collect()
-        _malloc_trim()
+        try:  # hand freed heap back to the OS before the next pair loads (RAM holds ~2 fp32 1Bs)
+            import ctypes
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
     res.load_avg = (la0, os.getloadavg()[0])
     return res
 
@@ -291,15 +296,6 @@ def quick_checkpoint(cache: Path) -> Path:
         if r.returncode != 0:
             raise SystemExit(f"olmo2 init failed: {r.stderr.strip()}")
     return out
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap back to the OS before the next pair loads (RAM holds ~2 fp32 1Bs)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def report(res: Result) -> dict:
