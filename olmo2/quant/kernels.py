@@ -34,8 +34,9 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   OLMO2_NATIVE=0 disables it): our decode GEMVs for int8/int4/bf16 with AVX-512 and AVX2
   code paths chosen from the CPU flags. bf16 keeps x in fp32 and widens the weight exactly
   (a 16-bit shift); it runs the fp32 GEMV's loop (four rows per pass sharing each x load,
-  L2 prefetch of the next quad), 1.34x (AVX-512) / 1.47x (AVX2) the GB/s of the former
-  one-row kernel per round at 1 thread (benchmarks/RESULTS.md, "Native bf16 GEMV"). aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
+  L2 prefetch of the next quad): 25.2 vs 17.9 GB/s for the former one-row kernel on the
+  1B's decode GEMVs, 1.41x per round (2 threads, idle; benchmarks/RESULTS.md, "Native bf16
+  GEMV"). aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
   and are slow on AVX2-only CPUs; fbgemm's per-tensor activation quantization cost 2%
   top-1 agreement. The native kernels quantize the activation per block of 32 columns:
   int8 to ~15 bits split into two int8 digits (two vpdpbusd / vpmaddubsw per weight load;
