@@ -41,6 +41,7 @@ import weakref
 
 import torch
 
+from olmo2.infer.heap import keep_freed_memory
 from olmo2.infer.kvcache import KVCache
 
 GROW = 256  # a chat's cache grows in blocks of this many positions (bounded step-mask waste)
@@ -120,6 +121,8 @@ class Decoder:
             raise ValueError(f"prefill_chunk must be >= 1 (got {prefill_chunk})")
         self.model, self.B, self.chunk = model, batch_size, prefill_chunk
         self.device = model.lm_head.weight.device
+        if self.device.type == "cpu":  # activations are malloc'd per op: stop glibc unmapping them (heap.py)
+            keep_freed_memory()
         self._fn = compiled_step(model) if compile else _step
         # zeroed: the step reads every position (masked); see KVCache. 0: grow on first start().
         self.cache = KVCache.for_model(model, batch_size, max(1, capacity), zeroed=True)
