@@ -46,6 +46,22 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* The tile intrinsics need GCC >= 11 or clang >= 12. With an older compiler this file
+ * builds as the two entry points saying "no AMX" (callers then run gemm4.c), so the rest of
+ * the library (every other kernel) still builds: one failed file would fail them all. */
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define OLMO2_HAVE_AMX 1
+#else
+#define OLMO2_HAVE_AMX 0
+int olmo2_amx_available(void) { return 0; }
+int olmo2_int4_prefill_amx_mm(int isa, int nthreads, const float *x, int M, int K, const uint8_t *w,
+                              const uint16_t *scales, const uint16_t *zeros, int G, int N, float *y) {
+    (void)isa, (void)nthreads, (void)x, (void)M, (void)K, (void)w, (void)scales, (void)zeros, (void)G, (void)N, (void)y;
+    return -1;
+}
+#endif
+#if OLMO2_HAVE_AMX
+
 #define TAMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define ABUDGET (1 << 20) /* bytes of packed activations per M block (L2 is 2 MiB per core) */
 
@@ -298,3 +314,4 @@ int olmo2_int4_prefill_amx_mm(int isa, int nthreads, const float *x, int M, int 
     free(buf);
     return err;
 }
+#endif /* OLMO2_HAVE_AMX */
