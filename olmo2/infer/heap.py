@@ -14,8 +14,10 @@ here), so the ~12 MB the MLP frees at once is given back inside every block (str
 brk down and up again 149 times per prefill): ~35-60k minor page faults per 128-token
 prefill (140-240 MB of pages zeroed by the kernel and mapped again, every prompt),
 measured with getrusage; ~0 after.
-The same prefill then used ~10 % less CPU time at 1 thread; a 2-thread prefill suffers
-more, because the faults are taken inside the GEMM/elementwise parallel regions.
+Without the faults a 2-thread prefill of the 1B ran 1.00-1.16x faster per uncontended
+round (medians 1.06x and 1.10x in two runs of benchmarks/prefill_heap_ab.py --in-process;
+1 thread: 0.97-1.09x, within the host's noise): the faults are taken inside the parallel
+regions, where the other thread waits for them.
 
 How: `mallopt(M_MMAP_THRESHOLD, 32 MiB)` (glibc's maximum: larger blocks are still
 mmapped, so a 400 MB logits tensor is returned at once) and `mallopt(M_TRIM_THRESHOLD,
