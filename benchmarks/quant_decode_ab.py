@@ -93,10 +93,14 @@ def main() -> None:
         for m in model.modules():
             if type(m) is torch.nn.Linear:
                 m.__class__ = NativeF32Linear
-    if args.quant == "bf16":
+    def keep_both_bf16_copies() -> None:
+        """BF16Linear drops its plain weight when it packs oneDNN's copy (memory), and then
+        native/aten rebuild it with to_dense() on every call; give it back, the pack stays."""
         for m in model.modules():
             if isinstance(m, BF16Linear) and m._plain_dropped:
                 m.weight_bf16, m._plain_dropped = m._plain(), False
+
+    keep_both_bf16_copies()
     kernels = args.kernels.split(",")
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -115,6 +119,10 @@ def main() -> None:
             run(model, prompt, 2)
             if args.prefill:
                 run_prefill(model, prompt)
+    # the mkldnn warm-up above packed (and dropped the plain weight): restore it once more, or
+    # every later native/aten call would time a to_dense() of each weight (it did: 0.64 vs 6.5
+    # tok/s for mkldnn, 2026-11-29 22:30)
+    keep_both_bf16_copies()
     # tok/s of wall time, and tokens per CPU-second of this process: at 1 thread the latter
     # leaves out the time the OS gave the core to other jobs, the steadier figure on a
     # shared host (memory-bandwidth contention still shows in both)

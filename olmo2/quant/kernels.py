@@ -34,9 +34,9 @@ benchmarks/RESULTS.md, section "Quantized kernels"):
   OLMO2_NATIVE=0 disables it): our decode GEMVs for int8/int4/bf16 with AVX-512 and AVX2
   code paths chosen from the CPU flags. bf16 keeps x in fp32 and widens the weight exactly
   (a 16-bit shift); it runs the fp32 GEMV's loop (four rows per pass sharing each x load,
-  L2 prefetch of the next quad): 25.2 vs 17.9 GB/s for the former one-row kernel on the
-  1B's decode GEMVs, 1.41x per round (2 threads, idle; benchmarks/RESULTS.md, "Native bf16
-  GEMV"). aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
+  L2 prefetch of the next quad): 26.9 vs 19.4 GB/s for the former one-row kernel on the
+  1B's decode GEMVs, 89% vs 64% of the read probe, 1.40x per round (2 threads, idle;
+  benchmarks/RESULTS.md, "Native bf16 GEMV"). aten's int8/int4 kernels reach 30-41% of the memory bandwidth at one row
   and are slow on AVX2-only CPUs; fbgemm's per-tensor activation quantization cost 2%
   top-1 agreement. The native kernels quantize the activation per block of 32 columns:
   int8 to ~15 bits split into two int8 digits (two vpdpbusd / vpmaddubsw per weight load;
@@ -226,11 +226,11 @@ def choose(fmt: str, phase: str, native_fits: bool = True) -> str:
         # docs/cpu-baseline.md), unmeasured there.
         return "native"
     if phase == "decode" and native_ok:
-        # bf16 too, on every CPU: even the former one-row bf16 GEMV (no prefetch) beat
-        # oneDNN's reordered linear at 1B decode, 1.12-1.71x per round (median 4.64 vs 3.33
-        # tok/s, 2 threads, 4 alternating rounds, idle Intel host, 2026-11-29 20:33 UTC,
-        # benchmarks/quant_decode_ab.py); float.c's four-row loop is faster still (docstring).
-        # It reads the plain weight, which prefill reuses.
+        # bf16 too, on every CPU: float.c's four-row GEMV beat oneDNN's reordered linear at
+        # 1B decode, 1.12-1.14x per round (median 8.39 vs 7.41 tok/s; aten 6.15; the former
+        # one-row kernel 6.48, i.e. 0.86-0.90x oneDNN), 2 threads, 4 alternating rounds in one
+        # process, idle Intel host, 2026-11-29 22:35 UTC (benchmarks/RESULTS.md, "Native bf16
+        # GEMV"). It reads the plain weight, which prefill reuses.
         return "native"
     if fmt == "int8":
         # fbgemm was faster in benchmarks/quant_kernels.py (decode 2.1x, prefill 7x aten's

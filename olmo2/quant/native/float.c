@@ -11,7 +11,8 @@
  * with llama.cpp BF16 (1.06x, 0.93-1.08 per round). This loop is the one the int8/int4/fp32
  * kernels already ran. Measured against the one-row kernel, call by call in one process on
  * the 1B's 113 decode GEMVs (benchmarks/native_gemv_ab.py, Intel host, 2026-11-29): 2 threads,
- * idle, 25.2 vs 17.9 GB/s, 1.41x per round (AVX-512; AVX2 path 1.40x); 1 thread, loaded,
+ * idle, 26.9 vs 19.4 GB/s (89% vs 64% of the read probe), 1.40x per round (AVX2 path 1.36x);
+ * whole-1B bf16 decode 8.39 vs 6.48 tok/s, 1.25-1.33x per round; 1 thread, loaded,
  * 1.34x (AVX-512) and 1.47x (AVX2), 13.3 vs 9.7 and 11.0 vs 7.9 GB per CPU-second; eight
  * rows per pass, four accumulators per row, prefetching two quads ahead,
  * or splitting each weight dword into even/odd columns (no widening shuffle) measured the
