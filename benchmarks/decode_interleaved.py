@@ -19,7 +19,8 @@ Per precision (its own pair of models; the previous pair is freed first: the fp3
 - llama.cpp: llama-cpp-python on the GGUF `olmo2 convert gguf --type T` writes
   (cpu_decode.GGUF_TYPES), with cpu_decode's worker settings: n_batch 512, n_threads =
   n_threads_batch = --threads, mmap, extra buffer types off (they crash Q8_0/Q4_0 on this
-  AMX host: cpu_decode.llama_extra_bufts); token ids are fed directly (no BOS handling),
+  AMX host: cpu_decode.llama_extra_bufts; `--llama-extra-bufts on` with a llama-cpp-python
+  built without AMX, first on PYTHONPATH, turns its repacked layouts back on); token ids are fed directly (no BOS handling),
   greedy argmax over its last logits row.
 - both: the same 128 random prompt ids, the same threads, no EOS stop (both argmax the raw
   logits; with random weights neither ever sees a reason to stop).
@@ -158,11 +159,11 @@ class Olmo2Side:
 class LlamaSide:
     """llama.cpp through llama-cpp-python, with cpu_decode.py's worker settings."""
 
-    def __init__(self, gguf: Path, prompt: list[int], max_new: int, threads: int):
+    def __init__(self, gguf: Path, prompt: list[int], max_new: int, threads: int, extra_bufts: bool = False):
         import numpy as np
         from llama_cpp import Llama
         self.np = np
-        llama_extra_bufts(False)
+        llama_extra_bufts(extra_bufts)
         self.llm = Llama(model_path=str(gguf), n_ctx=max(512, len(prompt) + max_new + 8), n_batch=512,
                          n_threads=threads, n_threads_batch=threads, verbose=False)
         self.ids = prompt
@@ -226,7 +227,7 @@ def run_precision(args, model_dir: Path, prec: str, prompt: list[int]) -> Result
     if not isinstance(g, Path):
         raise SystemExit(f"error: {model_dir}: llama.cpp {GGUF_TYPES[prec]}: {g}")
     t = time.perf_counter()
-    ll = LlamaSide(g, prompt, args.max_new, args.threads)
+    ll = LlamaSide(g, prompt, args.max_new, args.threads, args.llama_extra_bufts == "on")
     res.load_s["llama.cpp"] = time.perf_counter() - t
     sides = {"olmo2": o, "llama.cpp": ll}
     try:
@@ -344,6 +345,9 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=0, help="tokens per block (default: from --block-seconds)")
     ap.add_argument("--block-seconds", type=float, default=1.5, help="target block length for the faster side")
     ap.add_argument("--compile", action="store_true", help="olmo2: torch.compile the decode step")
+    ap.add_argument("--llama-extra-bufts", choices=("on", "off"), default="off",
+                    help="llama.cpp's extra CPU buffer types (AMX, repacked Q4_0/Q8_0 layouts); off: "
+                         "a GGML_NATIVE build crashes Q8_0/Q4_0 with them on an AMX host")
     ap.add_argument("--wait-policy", choices=("default", "passive"), default="default",
                     help="passive: re-run with OMP_WAIT_POLICY=PASSIVE (parked OpenMP threads sleep, never spin)")
     args = ap.parse_args()
@@ -377,7 +381,7 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
     print(f"{model_dir}, batch 1, prompt {args.prompt_len}, greedy, {args.threads} threads, {args.rounds} ABBA "
           f"decode rounds, {args.prompt_rounds} prompt rounds; torch {torch.__version__}, llama-cpp-python "
-          f"{llama_cpp.__version__} (extra buffer types off); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+          f"{llama_cpp.__version__} at {Path(llama_cpp.__file__).parent} (extra buffer types {args.llama_extra_bufts}); OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
           f"{'; olmo2 step compiled' if args.compile else ''}", flush=True)
     rows = []
     for prec in precs:
