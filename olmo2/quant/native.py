@@ -49,6 +49,8 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "gemm4_amx.c", "float.c"))
+# headers the sources include: not compiled on their own, but part of the build hash
+HEADERS = tuple(Path(__file__).with_name("native") / f for f in ("xq4.h",))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
 ABI = 8               # olmo2_native_abi() of the source this module speaks to (8: + olmo2_int4_prefill_amx_mm)
 # Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
@@ -88,7 +90,7 @@ def _cache_dir() -> Path:
 def library_path(cc: str) -> Path:
     """Where the library built by `cc` from the current source lives in the cache."""
     ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    h = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + ver.encode() + " ".join(FLAGS).encode())
+    h = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES + HEADERS) + ver.encode() + " ".join(FLAGS).encode())
     h = h.hexdigest()[:20]
     return _cache_dir() / f"gemv-{h}.so"
 

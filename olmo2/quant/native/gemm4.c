@@ -60,6 +60,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "xq4.h"
+
 #define MR 4 /* tile: activation rows */
 #define NR 4 /* tile: weight rows */
 #define ABUDGET (1 << 20) /* bytes of packed activations per M block (L2 is 2 MiB per core) */
@@ -90,24 +92,17 @@ static T512 void pack_row(const float *x, int K, int G, int ngp, char *p, float 
     memset(corr4, 0, sizeof(float) * ngp);
     memset(xsum, 0, sizeof(float) * ngp);
     for (int b = 0; b < nb; b++) {
-        const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        const __m512 id = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-        const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
-        /* 32 int16 in column order, seen as 16 int32: the even column is the low half of
-         * each, the odd one the high half (|xq| <= 127: the narrowing stores are exact) */
-        const __m512i w16 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(i0)),
-                                               _mm512_cvtepi32_epi16(i1), 1);
-        const __m512i ev = _mm512_srai_epi32(_mm512_slli_epi32(w16, 16), 16), od = _mm512_srai_epi32(w16, 16);
+        __m512i ev, od;
+        __m512 vs;
+        int bsum;
+        const float xs = xq4_block(x + 32 * b, &ev, &od, &bsum, &vs);
         /* block b = 16 packed bytes = 4 lanes of chunk b / 4 */
         char *c = p + (size_t)(b / 4) * PANEL_C + 16 * (b % 4);
         _mm_store_si128((__m128i *)c, _mm512_cvtepi32_epi8(ev));
         _mm_store_si128((__m128i *)(c + MR * 64), _mm512_cvtepi32_epi8(od));
-        const float xs = amax / 127.f;
         _mm_store_ps((float *)(c + 2 * MR * 64), _mm_set1_ps(xs));
-        const int bsum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
         cacc += xs * (float)bsum;   /* corr4: gemv.c's order (blocks in column order) */
-        sx = _mm512_add_ps(sx, _mm512_add_ps(v0, v1));
+        sx = _mm512_add_ps(sx, vs);
         if ((b + 1) % bpg == 0) { /* group done */
             const int g = b / bpg;
             corr4[g] = 8.f * cacc;

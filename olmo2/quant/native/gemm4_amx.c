@@ -46,6 +46,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "xq4.h"
+
 /* The tile intrinsics need GCC >= 11 or clang >= 12. With an older compiler this file
  * builds as the two entry points saying "no AMX" (callers then run gemm4.c), so the rest of
  * the library (every other kernel) still builds: one failed file would fail them all. */
@@ -112,22 +114,18 @@ static TAMX void pack_row(const float *x, int K, int G, int i, int8_t *bt, float
     float cacc = 0.f;
     __m512 sx = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        const __m512 id = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
-        const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
-        const __m512i w16 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(i0)),
-                                               _mm512_cvtepi32_epi16(i1), 1);
-        const __m512i ev = _mm512_srai_epi32(_mm512_slli_epi32(w16, 16), 16), od = _mm512_srai_epi32(w16, 16);
+        __m512i ev, od;
+        __m512 vs;
+        int bsum;
+        const float xs = xq4_block(x + 32 * b, &ev, &od, &bsum, &vs);
         uint32_t q[8]; /* A's column order: 16 even columns, then 16 odd ones */
         _mm_storeu_si128((__m128i *)q, _mm512_cvtepi32_epi8(ev));
         _mm_storeu_si128((__m128i *)(q + 4), _mm512_cvtepi32_epi8(od));
         int8_t *blk = bt + (size_t)512 * b;
         for (int r = 0; r < 8; r++) memcpy(blk + 64 * r + 4 * i, &q[r], 4);
-        const float xs = amax / 127.f;
         xsv[16 * b + i] = xs;
-        cacc += xs * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
-        sx = _mm512_add_ps(sx, _mm512_add_ps(v0, v1));
+        cacc += xs * (float)bsum;
+        sx = _mm512_add_ps(sx, vs);
         if ((b + 1) % bpg == 0) {
             const int g = b / bpg;
             c4v[16 * g + i] = 8.f * cacc;
