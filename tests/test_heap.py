@@ -59,7 +59,10 @@ def test_freed_activations_stop_faulting():
     took, kept = _run(None)
     skipped, default = _run("default")
     assert took and not skipped
-    # 3 prefills x 2 blocks: ~16k pages (64 MB) faulted in again by default, none kept
-    assert default > 6000, default
-    assert kept < 200, kept
+    # 3 prefills x 2 blocks. Seen: 5k-23k pages (20-90 MB) faulted in again under glibc's
+    # own thresholds (its dynamic threshold depends on the allocation history), 0-1024 with
+    # them raised (at most one 4 MiB activation once). The control must show the re-faulting,
+    # the raised thresholds must remove nearly all of it.
+    assert default > 2000, default
+    assert kept <= 1100 and kept * 4 < default, (kept, default)
 
