@@ -35,23 +35,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def worker(args) -> None:
-    import resource
-    import time
-
+def _prefill_setup(args):
+    """(Decoder, prompt ids) for the fp32 model, after cpu_decode's warm-up (8-token prompt,
+    3 greedy tokens), the same in both modes."""
     import torch
     torch.set_num_threads(args.threads)
     from olmo2.checkpoint import load_model
     from olmo2.infer.decoder import Decoder
     from olmo2.infer.generate import iter_tokens
-    from olmo2.infer.heap import keep_freed_memory
     from olmo2.infer.sampling import SamplingParams
     model = load_model(args.model, dtype=torch.float32)
     ids = torch.randint(0, 100000, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
     ids = ids % model.config.vocab_size
     dec = Decoder(model, 1, args.prompt_len + 128)
-    for _ in iter_tokens(model, ids[:, :8], 3, SamplingParams(temperature=0), decoder=dec):  # cpu_decode's warm-up
+    for _ in iter_tokens(model, ids[:, :8], 3, SamplingParams(temperature=0), decoder=dec):
         pass
+    return dec, ids
+
+
+def worker(args) -> None:
+    import resource
+    import time
+
+    import torch
+    from olmo2.infer.heap import keep_freed_memory
+    dec, ids = _prefill_setup(args)
     out = []
     with torch.inference_mode():
         for _ in range(args.prefills):
@@ -73,21 +81,11 @@ def in_process(args) -> None:
     import time
 
     import torch
-    torch.set_num_threads(args.threads)
-    from olmo2.checkpoint import load_model
-    from olmo2.infer.decoder import Decoder
-    from olmo2.infer.generate import iter_tokens
     from olmo2.infer.heap import TRIM_THRESHOLD, _M_TRIM_THRESHOLD, _glibc
-    from olmo2.infer.sampling import SamplingParams
     libc = _glibc()
     if libc is None:
         sys.exit("--in-process needs glibc")
-    model = load_model(args.model, dtype=torch.float32)
-    ids = torch.randint(0, 100000, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
-    ids = ids % model.config.vocab_size
-    dec = Decoder(model, 1, args.prompt_len + 128)
-    for _ in iter_tokens(model, ids[:, :8], 3, SamplingParams(temperature=0), decoder=dec):
-        pass
+    dec, ids = _prefill_setup(args)
     trims = {"kept": TRIM_THRESHOLD, "trim8M": 8 << 20}
     rate: dict[str, list[float]] = {k: [] for k in trims}
     crate: dict[str, list[float]] = {k: [] for k in trims}
