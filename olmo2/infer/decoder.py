@@ -41,6 +41,7 @@ import weakref
 
 import torch
 
+from olmo2.infer import fused
 from olmo2.infer.heap import keep_freed_memory
 from olmo2.infer.kvcache import KVCache
 
@@ -124,6 +125,11 @@ class Decoder:
         if self.device.type == "cpu":  # activations are malloc'd per op: stop glibc unmapping them (heap.py)
             keep_freed_memory()
         self._fn = compiled_step(model) if compile else _step
+        # batch 1, eager: the glue between the matmuls in native code (olmo2/infer/fused.py);
+        # `fused_off` says why not otherwise. Left-padded prompts take the aten step.
+        self.fused_off = "compiled step" if compile else fused.why_not(model, batch_size)
+        self._fused = None if self.fused_off else fused.FusedStep(model)
+        self._padded = False
         # zeroed: the step reads every position (masked); see KVCache. 0: grow on first start().
         self.cache = KVCache.for_model(model, batch_size, max(1, capacity), zeroed=True)
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -183,6 +189,7 @@ class Decoder:
         self._ensure_capacity(T + max_new_tokens)
         self.cache.length = common
         self._key_valid.fill_(True)
+        self._padded = mask is not None
         if mask is None:
             logits = self._prefill(ids[:, common:], None, None)
             self._pos.fill_(T)
@@ -219,10 +226,14 @@ class Decoder:
         """Feed tok [B] (at the next position of every row) → next-token logits [B, V]."""
         if self.cache.length >= self.capacity:
             raise ValueError(f"Decoder: cache full ({self.capacity} positions)")
-        self.cache.slot = self._slot
-        view = _SlotView(self.cache)
-        logits = self._fn(self.model, tok, self._pos, self._slot, self._key_index, self._key_valid, view)
-        self.cache.slot = None
+        if self._fused is not None and not self._padded:
+            # unpadded batch 1: the position is the cache length, a host int
+            logits = self._fused(tok, self.cache, self.cache.length)
+        else:
+            self.cache.slot = self._slot
+            view = _SlotView(self.cache)
+            logits = self._fn(self.model, tok, self._pos, self._slot, self._key_index, self._key_valid, view)
+            self.cache.slot = None
         self.cache.length += 1  # the host count; the device positions follow in place
         self._slot.add_(1)
         self._pos.add_(1)

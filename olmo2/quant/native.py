@@ -15,7 +15,7 @@ decode and fp32 decode on AVX2-only CPUs), built on first use.
                               (read per call: tests and benchmarks compare the two)
     CC=...                    the C compiler (default: cc, then gcc)
 
-Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c gemm4_amx.c float.c` (one library) into the per-user cache
+Build: `$CC -O3 -shared -fPIC -fopenmp gemv.c gemm.c gemm4.c gemm4_amx.c float.c decode.c` (one library) into the per-user cache
 (`$OLMO2_CACHE`, `$XDG_CACHE_HOME/olmo2` or `~/.cache/olmo2`, under `kernels/`), named by
 the sha256 of the sources, the compiler's `--version` and the flags, so a changed source
 or compiler builds anew and an unchanged one is never rebuilt. The .so is written to a
@@ -48,11 +48,12 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "gemm4_amx.c", "float.c"))
+SOURCES = tuple(Path(__file__).with_name("native") / f for f in ("gemv.c", "gemm.c", "gemm4.c", "gemm4_amx.c", "float.c",
+                                                                          "decode.c"))
 # headers the sources include: not compiled on their own, but part of the build hash
 HEADERS = tuple(Path(__file__).with_name("native") / f for f in ("xq4.h",))
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-std=gnu11")
-ABI = 8               # olmo2_native_abi() of the source this module speaks to (8: + olmo2_int4_prefill_amx_mm)
+ABI = 9               # olmo2_native_abi() of the source this module speaks to (9: + decode.c's glue)
 # Rows from which int8_mm runs gemm.c's register-blocked GEMM (AVX-512 VNNI only) instead of
 # gemv.c's per-row kernel. Measured on the 8192x2048 shape with the weights streamed from
 # memory (1 thread): at 1-2 rows the GEMV is 1.2-1.3x faster (it prefetches for streaming),
@@ -130,8 +131,15 @@ def _load() -> ctypes.CDLL:
     lib.olmo2_amx_available.argtypes = []
     lib.olmo2_bf16_mm.argtypes = [i, i, f, i, i, p, i, f]
     lib.olmo2_f32_mm.argtypes = [i, i, f, i, i, p, i, f]
+    # decode.c (olmo2/infer/fused.py): pointers, ints and fp32 scalars
+    fl = ctypes.c_float
+    lib.olmo2_attn_step.argtypes = [i, p, p, p, p, p, fl, p, p, p, p, i, i, i, i, i, fl, p]
+    lib.olmo2_add_rmsnorm.argtypes = [p, p, p, fl, i, p]
+    lib.olmo2_rmsnorm.argtypes = [p, p, fl, i, p]
+    lib.olmo2_silu_mul.argtypes = [p, p, i, p]
     for fn in (lib.olmo2_int8_mm, lib.olmo2_int8_prefill_mm, lib.olmo2_int4_mm, lib.olmo2_int4_prefill_mm,
-               lib.olmo2_int4_prefill_amx_mm, lib.olmo2_amx_available, lib.olmo2_bf16_mm, lib.olmo2_f32_mm):
+               lib.olmo2_int4_prefill_amx_mm, lib.olmo2_amx_available, lib.olmo2_bf16_mm, lib.olmo2_f32_mm,
+               lib.olmo2_attn_step, lib.olmo2_add_rmsnorm, lib.olmo2_rmsnorm, lib.olmo2_silu_mul):
         fn.restype = ctypes.c_int
     _state["path"] = str(path)
     return lib

@@ -70,7 +70,7 @@
 
 enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 
-int olmo2_native_abi(void) { return 8; } /* 5: gemm.c's olmo2_int8_prefill_mm; 6: float.c's olmo2_f32_mm; 7: gemm4.c's olmo2_int4_prefill_mm; 8: gemm4_amx.c */
+int olmo2_native_abi(void) { return 9; } /* 5: gemm.c's olmo2_int8_prefill_mm; 6: float.c's olmo2_f32_mm; 7: gemm4.c's olmo2_int4_prefill_mm; 8: gemm4_amx.c; 9: decode.c */
 
 /* 2 if AVX-512 F/BW/VNNI (and the OS saves zmm state: __builtin_cpu_supports checks),
  * 1 if AVX2+FMA, else 0. */
