@@ -186,6 +186,8 @@ class Decoder:
             self._held = []
         self._fed = []
         self.reused = common
+        if self._fused is not None:
+            self._fused.rebind()  # the weights as they are now (reloaded, swapped between prompts)
         self._ensure_capacity(T + max_new_tokens)
         self.cache.length = common
         self._key_valid.fill_(True)

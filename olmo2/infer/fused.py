@@ -1,5 +1,6 @@
 """The batch-1 decode step with its glue in native code: the `Decoder`'s eager step for one
-unpadded row (generate, chat, the server's single requests), when the model computes in fp32.
+unpadded row (`olmo2 generate`, `olmo2 chat`, RLVR rollouts of one prompt), when the model
+computes in fp32. (`olmo2 serve` batches requests in its own engine, olmo2/serve/engine.py.)
 
     why = fused.why_not(model, batch_size)   # '' when this step can run
     step = fused.FusedStep(model)
@@ -67,9 +68,20 @@ def why_not(model, batch_size: int) -> str:
     return ""
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    """t as dense fp32 (what decode.c reads): a no-op for what the linears return."""
-    return t if t.dtype is torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous()
+def _runner(mod, inp: torch.Tensor, out: torch.Tensor):
+    """A call with no arguments that computes out = mod(inp) and returns 0: the module's
+    native kernel bound once (`native.bind`) where it has one for one row, else the module
+    itself (any other format, kernel or wrapper) with its result copied into `out`."""
+    binding = getattr(mod, "decode_binding", None)
+    binding = binding() if binding is not None else None
+    if binding is not None:
+        entry, weights = binding
+        return native.bind(entry, inp, out, weights), weights
+
+    def call():
+        out.copy_(mod(inp).reshape(out.shape))
+        return 0
+    return call, ()
 
 
 class FusedStep:
@@ -84,11 +96,32 @@ class FusedStep:
         self.H, self.Hkv, self.D, self.d, self.ff = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_model, cfg.d_ff
         self.eps = float(cfg.norm_eps)
         self.scale = float(model.model.layers[0].self_attn.scale)
-        # the step's own activations, reused every token (no allocation but the linears')
-        self.x = torch.empty(1, self.d)
-        self.h = torch.empty(1, self.d)
-        self.y = torch.empty(1, self.H * self.D)
-        self.s = torch.empty(1, self.ff)
+        # the step's activations, reused every token: every linear reads and writes fixed buffers
+        e = lambda n: torch.empty(1, n)  # noqa: E731
+        self.x, self.h, self.a, self.dn, self.hf = e(self.d), e(self.d), e(self.d), e(self.d), e(self.d)
+        self.q, self.y = e(self.H * self.D), e(self.H * self.D)
+        self.k, self.v = e(self.Hkv * self.D), e(self.Hkv * self.D)
+        self.g, self.u, self.s = e(self.ff), e(self.ff), e(self.ff)
+        self.rebind()
+
+    def rebind(self) -> None:
+        """Bind every linear to the step's buffers (again): at each prompt (the Decoder calls
+        this from start()), so weights swapped or reloaded between generations are the ones
+        used, and whenever the thread count changed."""
+        self._threads = torch.get_num_threads()
+        self._keep = []  # the bound weights: alive as long as their pointers are in use
+        plan = []
+        for layer in self.model.model.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            runs = []
+            for mod, i, o in ((att.q_proj, self.x, self.q), (att.k_proj, self.x, self.k), (att.v_proj, self.x, self.v),
+                              (att.o_proj, self.y, self.a), (mlp.gate_proj, self.h, self.g),
+                              (mlp.up_proj, self.h, self.u), (mlp.down_proj, self.s, self.dn)):
+                fn, held = _runner(mod, i, o)
+                runs.append(fn)
+                self._keep.append(held)
+            plan.append((layer, *runs))
+        self._plan = plan
 
     @torch.inference_mode()
     def __call__(self, tok: torch.Tensor, cache, pos: int) -> torch.Tensor:
@@ -98,30 +131,31 @@ class FusedStep:
         k0 = cache.k[0]
         if k0.dtype != torch.float32 or k0.shape[0] != 1 or not k0.is_contiguous():
             raise ValueError("fused decode step: needs a dense fp32 cache of batch 1")
-        lib, inner = self.lib, self.model.model
         nt = torch.get_num_threads()
+        if nt != self._threads:
+            self.rebind()
+        lib, inner = self.lib, self.model.model
         H, Hkv, D, d, eps = self.H, self.Hkv, self.D, self.d, self.eps
-        x, h, y, s = self.x, self.h, self.y, self.s
-        x.copy_(inner.embed_tokens(tok[:, None]).reshape(1, d))
-        cos, sin = inner.rotary.cos, inner.rotary.sin
-        row = pos * D * 4  # byte offset of this position's row in the fp32 tables
-        cos_p, sin_p = cos.data_ptr() + row, sin.data_ptr() + row
-        for li, layer in enumerate(inner.layers):
-            att, mlp = layer.self_attn, layer.mlp
-            q, k, v = _f32(att.q_proj(x)), _f32(att.k_proj(x)), _f32(att.v_proj(x))
+        x, h, a, dn, y = self.x.data_ptr(), self.h.data_ptr(), self.a.data_ptr(), self.dn.data_ptr(), self.y.data_ptr()
+        q, k, v, g, u, s = (t.data_ptr() for t in (self.q, self.k, self.v, self.g, self.u, self.s))
+        self.x.copy_(inner.embed_tokens(tok[:, None]).reshape(1, d))
+        row = pos * D * 4  # byte offset of this position's row in the fp32 RoPE tables
+        cos_p, sin_p = inner.rotary.cos.data_ptr() + row, inner.rotary.sin.data_ptr() + row
+        for li, (layer, q_mm, k_mm, v_mm, o_mm, gate_mm, up_mm, down_mm) in enumerate(self._plan):
+            att = layer.self_attn
             kc, vc = cache.k[li], cache.v[li]
-            rc = lib.olmo2_attn_step(nt, q.data_ptr(), k.data_ptr(), v.data_ptr(), att.q_norm.weight.data_ptr(),
-                                     att.k_norm.weight.data_ptr(), eps, cos_p, sin_p, kc.data_ptr(), vc.data_ptr(),
-                                     kc.shape[2], pos, H, Hkv, D, self.scale, y.data_ptr())
-            if rc:
-                raise MemoryError("fused decode step: out of memory")
-            a = _f32(att.o_proj(y))
-            lib.olmo2_add_rmsnorm(x.data_ptr(), a.data_ptr(), layer.post_attention_layernorm.weight.data_ptr(), eps, d,
-                                  h.data_ptr())
-            g, u = _f32(mlp.gate_proj(h)), _f32(mlp.up_proj(h))
-            lib.olmo2_silu_mul(g.data_ptr(), u.data_ptr(), self.ff, s.data_ptr())
-            dn = _f32(mlp.down_proj(s))
-            lib.olmo2_add_rmsnorm(h.data_ptr(), dn.data_ptr(), layer.post_feedforward_layernorm.weight.data_ptr(), eps,
-                                  d, x.data_ptr())
-        lib.olmo2_rmsnorm(x.data_ptr(), inner.norm.weight.data_ptr(), eps, d, h.data_ptr())
-        return self.model.lm_head(h)
+            if (q_mm() or k_mm() or v_mm()
+                    or lib.olmo2_attn_step(nt, q, k, v, att.q_norm.weight.data_ptr(), att.k_norm.weight.data_ptr(),
+                                           eps, cos_p, sin_p, kc.data_ptr(), vc.data_ptr(), kc.shape[2], pos, H,
+                                           Hkv, D, self.scale, y)
+                    or o_mm()):
+                raise RuntimeError("fused decode step: a native call failed (out of memory?)")
+            lib.olmo2_add_rmsnorm(x, a, layer.post_attention_layernorm.weight.data_ptr(), eps, d, h)
+            if gate_mm() or up_mm():
+                raise RuntimeError("fused decode step: a native call failed (out of memory?)")
+            lib.olmo2_silu_mul(g, u, self.ff, s)
+            if down_mm():
+                raise RuntimeError("fused decode step: a native call failed (out of memory?)")
+            lib.olmo2_add_rmsnorm(h, dn, layer.post_feedforward_layernorm.weight.data_ptr(), eps, d, x)
+        lib.olmo2_rmsnorm(x, inner.norm.weight.data_ptr(), eps, d, self.hf.data_ptr())
+        return self.model.lm_head(self.hf)

@@ -53,6 +53,14 @@ class NativeF32Linear(nn.Linear):
                 return y.view(x.shape[:-1] + (self.out_features,))
         return F.linear(x, w, self.bias)
 
+    def decode_binding(self) -> tuple[str, tuple] | None:
+        """As `_QuantLinear.decode_binding`: float.c's fp32 GEMV where forward would take it."""
+        w = self.weight
+        if (self.bias is None and w.dtype is torch.float32 and w.device.type == "cpu" and w.is_contiguous()
+                and native.fits("fp32", self.in_features) and _kernel_for("fp32", "decode", True) == "native"):
+            return "f32", (w,)
+        return None
+
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_f32_fits", None)  # a new weight may have another layout
         super()._load_from_state_dict(*args, **kwargs)

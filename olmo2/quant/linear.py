@@ -130,6 +130,17 @@ class _QuantLinear(_Quantized):
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_binding(self) -> tuple[str, tuple] | None:
+        """(entry, weight arguments) of the native kernel a one-row decode call of this module
+        runs (`native.bind`: olmo2/infer/fused.py binds it once per generation instead of
+        dispatching 113 times a token), or None when its decode takes another kernel."""
+        if _kernel_for(self.fmt, "decode", self.native_fits()) != "native" or not self.runs("native"):
+            return None
+        return self._native_args()
+
+    def _native_args(self) -> tuple[str, tuple] | None:
+        return None
+
     def _mm_reference(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized(x.dtype))
 
@@ -163,6 +174,9 @@ class Int8Linear(_QuantLinear):
 
     def _mm_native(self, x: torch.Tensor) -> torch.Tensor:
         return native.int8_mm(x, self.qweight, self.scales)
+
+    def _native_args(self):
+        return "int8", (self.qweight, self.scales)
 
     def _pack(self, kernel: str):
         if kernel == "fbgemm":
@@ -217,6 +231,9 @@ class Int4Linear(_QuantLinear):
     def _mm_native(self, x: torch.Tensor) -> torch.Tensor:
         return native.int4_mm(x, self.qweight, self.scales, self.zeros, self.group_size)
 
+    def _native_args(self):
+        return "int4", (self.qweight, self.scales, self.zeros, self.group_size)
+
     def _mm_aten(self, x: torch.Tensor) -> torch.Tensor:
         packed, sz = self._packed_for("aten")
         return torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
@@ -255,6 +272,10 @@ class BF16Linear(_QuantLinear):
 
     def _mm_native(self, x: torch.Tensor) -> torch.Tensor:
         return native.bf16_mm(x, self._plain())
+
+    def _native_args(self):
+        # the plain weight only while it is held (not rebuilt from oneDNN's copy per bind)
+        return None if self._plain_dropped else ("bf16", (self.weight_bf16,))
 
     def runs(self, kernel: str) -> bool:
         # Compiled models keep plain weights (Inductor's freezing packs its own copy from a

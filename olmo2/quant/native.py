@@ -230,6 +230,21 @@ def _mm(entry: str, x: torch.Tensor, N: int, *weights: int) -> torch.Tensor:
     return y
 
 
+def bind(entry: str, x: torch.Tensor, y: torch.Tensor, weights: tuple) -> functools.partial:
+    """`olmo2_<entry>_mm` over fixed dense fp32 x [M, K] → y [M, N] and fixed weights
+    (tensors or ints, in the entry's order: a module's `decode_binding()`), at the current
+    thread count, as a call with no arguments returning the C status (0 = done). What a
+    decode step calls 113 times a token: building the arguments per call (checks, the
+    output's allocation, the module's kernel choice) cost ~50 us, more than a small GEMV.
+    The caller keeps x, y and the weights alive and rebinds when any of them changes."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {reason()}")
+    ws = [_ptr(w) if isinstance(w, torch.Tensor) else int(w) for w in weights]
+    return functools.partial(getattr(lib, f"olmo2_{entry}_mm"), _state["isa"], torch.get_num_threads(), _ptr(x),
+                             x.shape[0], x.shape[1], *ws, y.shape[1], _ptr(y))
+
+
 def int8_gemm_available() -> bool:
     """Whether int8_mm runs gemm.c's GEMM from INT8_GEMM_ROWS rows (and int4_mm gemm4.c's from
     INT4_GEMM_ROWS: both need the AVX-512 VNNI path in use); otherwise gemv.c's per-row
