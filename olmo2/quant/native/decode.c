@@ -22,8 +22,9 @@
  *
  * AVX2+FMA only (every CPU the library runs on has it): this is memory- and latency-bound
  * work on 2048-wide vectors and a few MB of cache, where AVX-512 buys nothing measurable.
- * Threads: attention splits heads statically over `nthreads` (each head's sums in a fixed
- * order, so the result does not depend on the thread count); the rest is one thread.
+ * Threads: attention splits heads statically over `nthreads` once the filled cache is 1 MiB
+ * or more (each head's sums in a fixed order, so the result does not depend on the thread
+ * count); the rest is one thread.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -122,7 +123,11 @@ TGT int olmo2_attn_step(int nthreads, float *q, float *k, const float *v, const 
     const int L = pos + 1, group = H / Hkv, L8 = (L + 7) & ~7;
     float *scores = malloc(sizeof(float) * (size_t)L8 * H);
     if (!scores) return -2;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+    /* a second thread only where there is memory to stream: forking for a few KB of cache
+     * (a tiny model, the first tokens) costs more than it saves, and far more when the
+     * other core is busy and the fork waits for it */
+    const int nt = (size_t)L * Hkv * D * 2 * sizeof(float) >= ((size_t)1 << 20) ? nthreads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (int h = 0; h < H; h++) {
         const float *qh = q + (size_t)h * D;
         const float *kh = kc + (size_t)(h / group) * cap * D, *vh = vc + (size_t)(h / group) * cap * D;
