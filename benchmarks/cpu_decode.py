@@ -261,6 +261,9 @@ WORKERS = {"bandwidth": worker_bandwidth, "olmo2": worker_olmo2, "hf": worker_hf
 
 
 def run_worker(args) -> None:
+    if args.worker == "olmo2":  # what the `olmo2` CLI sets before torch loads libgomp (olmo2/infer/omp.py)
+        from olmo2.infer.omp import bounded_spin
+        bounded_spin()
     import torch
     torch.set_num_threads(args.threads)
     res = WORKERS[args.worker](args)

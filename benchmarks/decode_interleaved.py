@@ -53,7 +53,9 @@ instead of spinning. Under *outside* load it matters a great deal (RESULTS.md, 2
 int8, load 3-4 on 2 cores: both sides 2.5-5x faster, intervals 3x narrower), because a
 spinning thread burns the core its descheduled partner needs; its cost on an idle host is
 what `--wait-policy passive` vs the default measures there. The default stays unset: what
-`olmo2 generate` and llama.cpp users run.
+llama.cpp users run, and both sides share the one runtime. (`olmo2 generate` itself now runs
+with GOMP_SPINCOUNT=10000, olmo2/infer/omp.py: ~4% slower on an idle host, so this script's
+idle figures are olmo2's slightly favoured; cpu_decode.py gives each side its own setting.)
 Not a test: numbers depend on the machine and its load.
 """
 from __future__ import annotations

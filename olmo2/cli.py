@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from olmo2.infer.omp import bounded_spin
+    bounded_spin()  # before any verb imports torch (olmo2/infer/omp.py: decode under outside load)
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--debug` is accepted anywhere on the line, not only before the verb.
     debug = "--debug" in argv or os.environ.get("OLMO2_DEBUG") == "1"
