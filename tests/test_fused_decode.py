@@ -191,6 +191,12 @@ def test_why_not_refuses_what_it_does_not_reproduce(monkeypatch):
     h = m.model.layers[1].mlp.register_forward_hook(lambda *a: None)
     assert fused.why_not(m, 1) == "the model has forward hooks"
     h.remove()
+    dec = Decoder(m, 1, 8)
+    assert dec.fused_off == ""
+    h = m.model.layers[0].register_forward_pre_hook(lambda *a: None)  # added after the Decoder was made
+    dec.start(ids(3))
+    assert dec.fused_off == "the model has forward hooks" and dec._fused is None
+    h.remove()
     monkeypatch.setenv("OLMO2_FUSED_DECODE", "0")
     assert fused.why_not(m, 1) == "off (OLMO2_FUSED_DECODE=0)"
     assert Decoder(m, 1, 8, compile=False).fused_off == "off (OLMO2_FUSED_DECODE=0)"

@@ -17,6 +17,10 @@ bf16), so a step over 256 positions reads ~64 MiB next to 5.1 GB of fp32 weights
 That is why the cache is sized to what the call needs, not to the model's context, and
 grows in `GROW`-position blocks for a chat.
 
+Batch 1 without padding (generate, chat) takes the fused step instead (olmo2/infer/fused.py:
+the glue between the matmuls in native code, attention over the filled positions only);
+the fixed-shape step serves batches, padded rows and `compile=True`.
+
 Prefill runs in chunks of `prefill_chunk` tokens through the ordinary prefix path of the
 cache (host-int positions, attention over the filled prefix only): activations stay
 `chunk × d_ff` instead of `prompt × d_ff`, and only the last chunk runs the lm_head.
@@ -186,8 +190,12 @@ class Decoder:
             self._held = []
         self._fed = []
         self.reused = common
-        if self._fused is not None:
-            self._fused.rebind()  # the weights as they are now (reloaded, swapped between prompts)
+        if self._fused is not None:  # the model as it is now: hooks added since, weights reloaded
+            self.fused_off = fused.why_not(self.model, self.B)
+            if self.fused_off:
+                self._fused = None
+            else:
+                self._fused.rebind()
         self._ensure_capacity(T + max_new_tokens)
         self.cache.length = common
         self._key_valid.fill_(True)
