@@ -102,6 +102,7 @@ class FusedStep:
         self.q, self.y = e(self.H * self.D), e(self.H * self.D)
         self.k, self.v = e(self.Hkv * self.D), e(self.Hkv * self.D)
         self.g, self.u, self.s = e(self.ff), e(self.ff), e(self.ff)
+        self._ptr = {n: getattr(self, n).data_ptr() for n in ("x", "h", "a", "dn", "y", "q", "k", "v", "g", "u", "s", "hf")}
         self.rebind()
 
     def rebind(self) -> None:
@@ -136,8 +137,8 @@ class FusedStep:
             self.rebind()
         lib, inner = self.lib, self.model.model
         H, Hkv, D, d, eps = self.H, self.Hkv, self.D, self.d, self.eps
-        x, h, a, dn, y = self.x.data_ptr(), self.h.data_ptr(), self.a.data_ptr(), self.dn.data_ptr(), self.y.data_ptr()
-        q, k, v, g, u, s = (t.data_ptr() for t in (self.q, self.k, self.v, self.g, self.u, self.s))
+        P = self._ptr
+        x, h, a, dn, y, q, k, v, g, u, s = (P[n] for n in ("x", "h", "a", "dn", "y", "q", "k", "v", "g", "u", "s"))
         self.x.copy_(inner.embed_tokens(tok[:, None]).reshape(1, d))
         row = pos * D * 4  # byte offset of this position's row in the fp32 RoPE tables
         cos_p, sin_p = inner.rotary.cos.data_ptr() + row, inner.rotary.sin.data_ptr() + row
@@ -157,5 +158,5 @@ class FusedStep:
             if down_mm():
                 raise RuntimeError("fused decode step: a native call failed (out of memory?)")
             lib.olmo2_add_rmsnorm(h, dn, layer.post_feedforward_layernorm.weight.data_ptr(), eps, d, x)
-        lib.olmo2_rmsnorm(x, inner.norm.weight.data_ptr(), eps, d, self.hf.data_ptr())
+        lib.olmo2_rmsnorm(x, inner.norm.weight.data_ptr(), eps, d, P["hf"])
         return self.model.lm_head(self.hf)

@@ -38,15 +38,24 @@ from olmo2.quant.linear import _kernel_for
 class NativeF32Linear(nn.Linear):
     """nn.Linear whose no-grad decode calls run native.f32_mm (module docstring)."""
 
+    def _native_weight(self) -> bool:
+        """Whether this weight runs on float.c's GEMV for decode-sized inputs: dense fp32 on the
+        CPU, K a multiple of its block (a constant of the shape, cached on first call), and the
+        kernel choice for fp32 decode (olmo2/quant/kernels.py) says native."""
+        w = self.weight
+        if w.dtype is not torch.float32 or w.device.type != "cpu":
+            return False
+        fits = self.__dict__.get("_f32_fits")
+        if fits is None:
+            fits = self.__dict__["_f32_fits"] = native.fits("fp32", self.in_features) and w.is_contiguous()
+        return fits and _kernel_for("fp32", "decode", True) == "native"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (w.dtype is torch.float32 and x.dtype is torch.float32 and w.device.type == "cpu"
-                and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
+        if (x.dtype is torch.float32 and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+                and self._native_weight()):
             x2 = x.reshape(-1, self.in_features)
-            fits = self.__dict__.get("_f32_fits")  # a constant of the shape: cached on first call
-            if fits is None:
-                fits = self.__dict__["_f32_fits"] = native.fits("fp32", self.in_features) and w.is_contiguous()
-            if x2.shape[0] < PREFILL_ROWS and fits and _kernel_for("fp32", "decode", True) == "native":
+            if x2.shape[0] < PREFILL_ROWS:
                 y = native.f32_mm(x2, w)
                 if self.bias is not None:
                     y = y + self.bias
@@ -55,11 +64,7 @@ class NativeF32Linear(nn.Linear):
 
     def decode_binding(self) -> tuple[str, tuple] | None:
         """As `_QuantLinear.decode_binding`: float.c's fp32 GEMV where forward would take it."""
-        w = self.weight
-        if (self.bias is None and w.dtype is torch.float32 and w.device.type == "cpu" and w.is_contiguous()
-                and native.fits("fp32", self.in_features) and _kernel_for("fp32", "decode", True) == "native"):
-            return "f32", (w,)
-        return None
+        return ("f32", (self.weight,)) if self.bias is None and self._native_weight() else None
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_f32_fits", None)  # a new weight may have another layout

@@ -41,13 +41,6 @@ TGT static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-TGT static inline float hmax8(__m256 v) {
-    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* e^x for 8 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (the
  * Taylor coefficients, refit by Cephes for this range; relative error ~2e-7), 2^n by adding
  * n to the exponent field. x is clamped to [-87.3, 88.3] so 2^n stays a normal float:
