@@ -308,19 +308,34 @@ def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.f
     written by `olmo2 quantize` loads quantized whatever `quant` says (olmo2/quant/io.py).
     `quant="none"` (what inference verbs pass from `--quant`) also lets fp32 decode run
     olmo2's own GEMV where kernels.choose("fp32", "decode") picks it (AVX2-only CPUs;
-    olmo2/quant/f32.py); None, the default of training and conversion, loads plain modules."""
+    olmo2/quant/f32.py); None, the default of training and conversion, loads plain modules.
+    Any `quant` also moves the weights a decode streams into huge pages (olmo2/infer/hugepages.py)."""
     dtype = parse_dtype(dtype)
     d = resolve(path_or_id)
     from olmo2.quant.io import is_quantized, load_for_inference
     if quant not in (None, "none") or is_quantized(d):
         if torch.device(device).type != "cpu":
             raise CheckpointError(f"{d}: quantized weights run on the CPU only; load with device='cpu'")
-        return load_for_inference(d, dtype, quant)
-    model = load_float(d, dtype, device)
-    if quant == "none" and torch.device(device).type == "cpu":
-        from olmo2.quant.f32 import use_native_f32
+        model = load_for_inference(d, dtype, quant)
+        if quant is not None:
+            _into_huge_pages(model, None)
+        return model
+    if quant != "none" or torch.device(device).type != "cpu":
+        return load_float(d, dtype, device)
+    from olmo2.quant.f32 import use_native_f32
+    with tracking_mappings():  # release_pages finds the checkpoint's mapping
+        model = load_float(d, dtype, device)
         use_native_f32(model)  # no-op unless this CPU's fp32 decode runs the native kernel
+        _into_huge_pages(model, release_pages)  # and the mapped pages each copy replaces are dropped
     return model
+
+
+def _into_huge_pages(model: Olmo2, release) -> None:
+    """An inference load's last step: the weights a decode streams move into huge pages
+    (olmo2/infer/hugepages.py; 1.2-1.4x decode on this host), the arena kept as
+    `model.hugepages` (None where it does not apply: `hugepages.why_not` says why)."""
+    from olmo2.infer.hugepages import into_huge_pages
+    model.hugepages = into_huge_pages(model, release)
 
 
 def load_float(d: Path, dtype: torch.dtype | None, device: str | torch.device = "cpu") -> Olmo2:

@@ -1,0 +1,109 @@
+"""Decode with the weights in huge pages (olmo2/infer/hugepages.py) against the same weights
+where the loader left them, alternating in one process on one model (issue 9).
+
+    python benchmarks/hugepages_ab.py --model DIR --precision int4 --threads 2 --rounds 8
+    python benchmarks/hugepages_ab.py --quick          # tiny-demo preset: a smoke run
+
+Loads MODEL once with OLMO2_HUGEPAGES=0, as olmo2 loaded it before huge pages: fp32 weights
+are views of the memory-mapped checkpoint (4 KiB page-cache pages), quantized ones torch's
+own heap allocations (4 KiB anonymous pages: this kernel's THP setting is `madvise`, and
+torch does not ask). Then copies the same tensors into a huge-page arena
+(`hugepages.Arena`, as `load_model` now does), keeping both, and each round points the
+modules at one set, then the other (ABBA), and times `--tokens` greedy steps of one
+`Decoder` (the fused step where it runs) after the same `--prompt-len` prompt. Printed:
+ms per token per round, each side's median, the speed-up per round (before / huge; its
+median and range), the bandwidth probe, how much of the arena the kernel backs with huge
+pages, and the check that both sides give the same greedy tokens (the copies are the same
+bits: they must).
+
+Compare within one run only: the host's memory bandwidth drifts far more between runs
+than within one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_decode import cpu_description, ensure_checkpoint  # noqa: E402
+from quant_kernels import bandwidth_probe  # noqa: E402
+
+QUANT = {"fp32": "none", "bf16": "bf16", "int8": "int8", "int4": "int4"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="checkpoint dir (default: the random --preset checkpoint)")
+    ap.add_argument("--preset", default="olmo2-1b")
+    ap.add_argument("--precision", choices=tuple(QUANT), default="int4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=16, help="timed greedy steps per side per round")
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="tiny-demo preset, 2 rounds of 4 tokens")
+    args = ap.parse_args()
+    if args.quick:
+        args.preset, args.rounds, args.tokens = "tiny-demo", 2, 4
+    from olmo2.checkpoint import load_model
+    from olmo2.infer import hugepages
+    from olmo2.infer.decoder import Decoder
+
+    torch.set_num_threads(args.threads)
+    cache = Path(os.environ.get("OLMO2_CACHE", "/tmp/olmo2-bench")) / "bench"
+    model_dir = Path(args.model) if args.model else ensure_checkpoint(args.preset, cache)
+    os.environ["OLMO2_HUGEPAGES"] = "0"
+    model = load_model(model_dir, dtype=torch.float32, quant=QUANT[args.precision])
+    del os.environ["OLMO2_HUGEPAGES"]
+    why = hugepages.why_not(model)
+    if why:
+        sys.exit(f"huge pages do not apply here: {why}")
+    items = hugepages.streamed_tensors(model)
+    before = [t for _, _, t in items]
+    arena = hugepages.Arena(sum(t.numel() * t.element_size() + hugepages.ALIGN for t in before))
+    with torch.no_grad():
+        huge = [arena.place(t) for t in before]
+    nbytes = sum(t.numel() * t.element_size() for t in before)
+    print(f"{cpu_description()}\n{model_dir.name} {args.precision}, {args.threads} thread(s), prompt "
+          f"{args.prompt_len}, {args.tokens} tokens a side a round; {len(items)} tensors, {nbytes / 2**30:.2f} GiB "
+          f"moved, {arena.huge_bytes() / 2**30:.2f} GiB of the arena in huge pages (THP "
+          f"{hugepages.thp_mode()}); load average {os.getloadavg()[0]:.1f}", flush=True)
+
+    def use(ts: list[torch.Tensor]) -> None:
+        for (m, name, _), t in zip(items, ts):
+            hugepages.assign(m, name, t)
+
+    ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
+    dec = Decoder(model, 1, args.prompt_len + args.tokens + 8)
+    ms = {"before": [], "huge": []}
+    toks = {"before": None, "huge": None}
+    with torch.inference_mode():
+        for r in range(args.rounds):
+            bw = bandwidth_probe(1)
+            for side in (("before", "huge") if r % 2 == 0 else ("huge", "before")):
+                use(before if side == "before" else huge)
+                dec.reset()
+                nxt = dec.start(ids).argmax(-1)  # start() re-binds the fused step to these tensors
+                out = []
+                t = time.perf_counter()
+                for _ in range(args.tokens):
+                    nxt = dec.step(nxt).argmax(-1)
+                    out.append(int(nxt))
+                ms[side].append((time.perf_counter() - t) / args.tokens * 1e3)
+                toks[side] = toks[side] or out
+            print(f"round {r}: before {ms['before'][-1]:.1f} ms, huge {ms['huge'][-1]:.1f} ms, "
+                  f"speedup {ms['before'][-1] / ms['huge'][-1]:.2f}x, probe {bw:.1f} GB/s", flush=True)
+    sp = [b / h for b, h in zip(ms["before"], ms["huge"])]
+    print(f"median ms/token: before {statistics.median(ms['before']):.1f}, huge {statistics.median(ms['huge']):.1f}; "
+          f"speedup per round median {statistics.median(sp):.2f}x (min {min(sp):.2f}, max {max(sp):.2f}); "
+          f"greedy tokens equal: {toks['before'] == toks['huge']}; fused step: {dec.fused_off or 'on'}; "
+          f"huge pages now {arena.huge_bytes() / 2**30:.2f} GiB; load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""An inference model's weights in one anonymous mapping backed by transparent huge pages.
+
+    from olmo2.infer.hugepages import into_huge_pages
+    arena = into_huge_pages(model)    # None where it does not apply (see `why_not`)
+    arena.huge_bytes()                # how much of it the kernel backs with 2 MiB pages
+
+Why (issue 9, benchmarks/RESULTS.md "Weights in huge pages"): batch-1 decode streams every
+weight byte once per token (5.1 GB for the fp32 1B, 0.63 GB at int4), and with 4 KiB pages
+that is a TLB miss, and a page walk, every 4 KiB: 1.25 million walks a token at fp32. The
+walks' page-table lines compete with the weights for the caches, and on this shared host,
+whose memory is busy with other tenants, each one costs a memory latency the hardware
+prefetcher cannot hide (it does not run across a 4 KiB boundary). With the weights in 2 MiB
+pages the walks all but vanish: the same step, same process, alternating, ran 1.18-1.36x
+faster at int8 and 1.22-1.35x at int4 (every round), and fp32 1.43x over its memory-mapped
+checkpoint (benchmarks/hugepages_ab.py). llama.cpp maps its GGUF file in 4 KiB page-cache
+pages, and so did olmo2's fp32 path, which is why fp32 trailed it in slow host phases.
+
+How: the tensors a decode streams (every parameter and buffer of at least `MIN_BYTES`,
+except the embedding table's, which a decode only indexes: it stays where the loader put
+it, mapped or not) are copied, one by one, into a single anonymous mapping aligned to 2 MiB
+and marked MADV_HUGEPAGE, and the modules are pointed at the copies (Parameters keep their
+identity: `p.data` is swapped). One mapping for all of them wastes at most one partly used
+huge page; a huge page per tensor would waste up to 2 MiB on each of the 1B's ~340 tensors.
+Each source is let go as soon as its copy exists: `release(t)` drops a memory-mapped
+checkpoint's pages (olmo2/checkpoint.py release_pages) and freed heap goes back to the OS
+(quant/swap.py return_free_memory), so the peak stays the weights plus one tensor and the
+resident set after the move is what it was before. The copies are bit-for-bit the same
+tensors: logits do not change (tests/test_hugepages.py).
+
+When it does not apply (`why_not` says, and the model is left as it was):
+- OLMO2_HUGEPAGES=0 (the A/B's control, or to share one page-cache copy of an fp32
+  checkpoint between processes: anonymous copies are per process);
+- the kernel has THP off (`/sys/kernel/mm/transparent_hugepage/enabled` is `[never]`) or
+  no such file (not Linux): 4 KiB anonymous pages would gain nothing over the loader's;
+- a weight not on the CPU.
+Where the kernel grants fewer huge pages than asked (memory too fragmented to compact), the
+rest of the mapping is ordinary 4 KiB pages: still correct, only less fast.
+
+Who calls it: olmo2.checkpoint.load_model for inference loads (`quant` given: every
+inference verb), after quantizing and packing. Training and conversion loads never do.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+HUGE = 2 << 20          # the x86-64 transparent huge page
+ALIGN = 64              # each tensor starts on a cache line, as torch's own allocator does
+MIN_BYTES = 64 << 10    # smaller tensors (norm weights) are a page or two: no walks to save
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path: str = THP_ENABLED) -> str:
+    """The kernel's THP setting: 'always', 'madvise', 'never', or '' where there is none."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return ""
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else ""
+
+
+def why_not(model: nn.Module) -> str:
+    """'' if `into_huge_pages(model)` would move the weights, else the reason it would not."""
+    if os.environ.get("OLMO2_HUGEPAGES", "1").strip() == "0":
+        return "OLMO2_HUGEPAGES=0"
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return "no MADV_HUGEPAGE on this platform"
+    mode = thp_mode()
+    if mode not in ("always", "madvise"):
+        return f"transparent huge pages are {mode or 'unavailable'} in this kernel"
+    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+        return "weights not on the CPU"
+    return ""
+
+
+def streamed_tensors(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """(module, attribute, tensor) for each tensor a decode streams (module docstring): every
+    parameter and buffer of at least MIN_BYTES, dense and contiguous, outside the embedding."""
+    skip = set()
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)  # Olmo2's (HF names)
+    for m in model.modules():  # quantized tables (quant/linear.py _RowTable) stand in embed_tokens
+        if isinstance(m, nn.Embedding) or m is embed:
+            skip.update(id(t) for t in list(m.parameters()) + list(m.buffers()))
+    out, seen = [], set()
+    for m in model.modules():
+        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
+            if (t is None or id(t) in skip or t.layout is not torch.strided or not t.is_contiguous()
+                    or t.device.type != "cpu" or t.numel() * t.element_size() < MIN_BYTES):
+                continue
+            key = (id(m), name)
+            if key not in seen:
+                seen.add(key)
+                out.append((m, name, t))
+    return out
+
+
+class Arena:
+    """One anonymous mapping of at least `nbytes`, starting on a 2 MiB boundary and marked
+    MADV_HUGEPAGE; `place(t)` copies tensors into it one after another."""
+
+    def __init__(self, nbytes: int):
+        self.size = (max(nbytes, 1) + HUGE - 1) // HUGE * HUGE
+        self._mm = mmap.mmap(-1, self.size + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        view = ctypes.c_char.from_buffer(self._mm)
+        addr = ctypes.addressof(view)
+        del view  # an exported buffer would keep the mapping from ever closing
+        self._start = -addr % HUGE  # offset of the first 2 MiB boundary inside the mapping
+        self.base = addr + self._start
+        self._mm.madvise(mmap.MADV_HUGEPAGE, self._start, self.size)
+        self.used = 0
+
+    def place(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy of contiguous `t` inside the arena (same dtype, shape and values)."""
+        n = t.numel() * t.element_size()
+        off = (self.used + ALIGN - 1) // ALIGN * ALIGN
+        if off + n > self.size:
+            raise ValueError(f"arena of {self.size} bytes has no room for {n} more at {off}")
+        dst = torch.frombuffer(self._mm, dtype=torch.uint8, count=n, offset=self._start + off)
+        dst = dst.view(t.dtype).view(t.shape) if n else torch.empty(t.shape, dtype=t.dtype)
+        dst.copy_(t)
+        self.used = off + n
+        return dst
+
+    def contains(self, t: torch.Tensor) -> bool:
+        return self.base <= t.data_ptr() < self.base + self.size
+
+    def huge_bytes(self) -> int:
+        """Bytes of this mapping the kernel backs with huge pages now (/proc/self/smaps's
+        AnonHugePages of its mapping; 0 where that file is unreadable)."""
+        try:
+            lines = open("/proc/self/smaps").read().splitlines()
+        except OSError:
+            return 0
+        inside = False
+        for ln in lines:
+            head = ln.split(maxsplit=1)[0] if ln else ""
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= self.base < hi
+            elif inside and head == "AnonHugePages:":
+                return int(ln.split()[1]) * 1024
+        return 0
+
+
+def assign(module: nn.Module, name: str, t: torch.Tensor) -> None:
+    """Point `module.name` (a parameter or buffer) at `t`; a Parameter keeps its identity."""
+    p = module._parameters.get(name)
+    if p is not None:
+        p.data = t
+    else:
+        module._buffers[name] = t
+
+
+def into_huge_pages(model: nn.Module, release: Callable[[torch.Tensor], bool] | None = None) -> Arena | None:
+    """Move the tensors a decode streams into one huge-page arena, in place (module
+    docstring); `release(t)` is called on each source once its copy exists. Returns the
+    arena, or None (model untouched) where `why_not(model)` gives a reason."""
+    if why_not(model):
+        return None
+    from olmo2.quant.swap import return_free_memory
+    items = streamed_tensors(model)
+    if not items:
+        return None
+    arena = Arena(sum((t.numel() * t.element_size() + ALIGN - 1) // ALIGN * ALIGN for _, _, t in items))
+    moved: dict[int, torch.Tensor] = {}  # one copy per tensor shared by two attributes
+    with torch.no_grad():
+        for i, (m, name, t) in enumerate(items):
+            new = moved.get(id(t))
+            if new is None:
+                new = moved[id(t)] = arena.place(t)
+                if release is not None:
+                    release(t)
+            assign(m, name, new)
+            items[i] = None  # drop our reference: the source can be freed now
+            del t
+            if i % 16 == 15:
+                return_free_memory()
+    return_free_memory()
+    return arena

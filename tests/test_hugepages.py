@@ -1,0 +1,154 @@
+"""Inference weights in a huge-page arena (olmo2/infer/hugepages.py): the same bits, the
+same logits and tokens, every streamed tensor moved once, the embedding left alone, the
+sources let go, and the cases where it does not apply."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from olmo2.config import ModelConfig
+from olmo2.infer import hugepages
+from olmo2.model import Olmo2
+
+# tensors of 256 KiB and more (MIN_BYTES is 64 KiB), so each format has some to move
+CFG = dict(vocab_size=4096, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=1024, max_seq_len=64,
+           eos_token_id=1, pad_token_id=2)
+needs_thp = pytest.mark.skipif(bool(hugepages.why_not(nn.Linear(1, 1))),
+                               reason=f"huge pages do not apply here: {hugepages.why_not(nn.Linear(1, 1))}")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from olmo2.checkpoint import save_model
+    torch.manual_seed(0)
+    m = Olmo2(ModelConfig(**CFG))
+    m.reset_parameters()
+    out = tmp_path_factory.mktemp("hp") / "ck"
+    save_model(m.eval(), out)
+    return out
+
+
+def _load(ckpt, quant, huge: bool):
+    from olmo2.checkpoint import load_model
+    old = os.environ.get("OLMO2_HUGEPAGES")
+    os.environ["OLMO2_HUGEPAGES"] = "1" if huge else "0"
+    try:
+        return load_model(ckpt, quant=quant)
+    finally:
+        if old is None:
+            del os.environ["OLMO2_HUGEPAGES"]
+        else:
+            os.environ["OLMO2_HUGEPAGES"] = old
+
+
+def _smaps_field(addr: int, field: str) -> int | None:
+    """`field` (kB, as an int) of the /proc/self/smaps mapping holding `addr`."""
+    inside = False
+    for ln in open("/proc/self/smaps").read().splitlines():
+        head = ln.split(maxsplit=1)[0] if ln else ""
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == field + ":":
+            return int(ln.split()[1])
+    return None
+
+
+@needs_thp
+@pytest.mark.parametrize("quant", ["none", "bf16", "int8", "int4"])
+def test_inference_load_moves_streamed_tensors_same_logits(ckpt, quant):
+    plain, huge = _load(ckpt, quant, False), _load(ckpt, quant, True)
+    assert plain.hugepages is None and huge.hugepages is not None
+    arena = huge.hugepages
+    sd_plain, sd_huge = plain.state_dict(), huge.state_dict()
+    assert sd_plain.keys() == sd_huge.keys()
+    moved = 0
+    for k, t in sd_huge.items():
+        assert torch.equal(t, sd_plain[k]), k  # the same bits
+        big = t.numel() * t.element_size() >= hugepages.MIN_BYTES
+        if k.startswith("model.embed_tokens."):
+            assert not arena.contains(t), f"{k}: the embedding table is only indexed, it stays put"
+        elif big:
+            assert arena.contains(t), f"{k} ({t.numel() * t.element_size()} bytes) was not moved"
+            moved += 1
+        else:
+            assert not arena.contains(t), k
+    assert moved >= 7  # at least the 2 x 7 block linears or their codes, whatever the format
+    assert arena.used <= arena.size < arena.used + 2 * hugepages.HUGE
+    ids = torch.randint(0, CFG["vocab_size"], (2, 11), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(plain(ids), huge(ids))
+
+
+@needs_thp
+def test_decoder_tokens_equal_after_the_move(ckpt):
+    """The fused step binds the kernels to the moved tensors (load happens before the Decoder)."""
+    from olmo2.infer.decoder import Decoder
+    toks = []
+    for huge in (False, True):
+        m = _load(ckpt, "int4", huge)
+        dec = Decoder(m, 1, 40)
+        with torch.inference_mode():
+            nxt = dec.start(torch.arange(3, 19)[None]).argmax(-1)
+            out = []
+            for _ in range(12):
+                nxt = dec.step(nxt).argmax(-1)
+                out.append(int(nxt))
+        toks.append(out)
+    assert toks[0] == toks[1]
+
+
+@needs_thp
+def test_arena_is_marked_for_huge_pages():
+    a = hugepages.Arena(6 << 20)
+    assert a.base % hugepages.HUGE == 0
+    t = a.place(torch.arange(6 << 18, dtype=torch.float32))  # 6 MiB
+    assert torch.equal(t, torch.arange(6 << 18, dtype=torch.float32)) and a.contains(t)
+    # the kernel's own word that the madvise took: the mapping may get huge pages (how many
+    # it does get depends on free memory; a.huge_bytes() reports it, benchmarks print it)
+    assert _smaps_field(a.base, "THPeligible") == 1
+    assert 0 <= a.huge_bytes() <= a.size
+    with pytest.raises(ValueError, match="no room"):
+        a.place(torch.zeros(1 << 20))
+
+
+@needs_thp
+def test_shared_tensor_moved_once_and_sources_released():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(256, 256, bias=False), nn.Linear(256, 256, bias=False)
+            self.b.weight = self.a.weight  # one Parameter under two modules
+            self.register_buffer("c", torch.randn(128, 256))
+            self.register_buffer("small", torch.randn(8))
+    m = Two()
+    w0, c0 = m.a.weight.detach().clone(), m.c.clone()
+    param = m.a.weight
+    released = []
+    arena = hugepages.into_huge_pages(m, release=lambda t: released.append(t.shape) or True)
+    assert arena is not None and m.a.weight is param and m.b.weight is param  # identity kept
+    assert arena.contains(m.a.weight) and arena.contains(m.c) and not arena.contains(m.small)
+    assert torch.equal(m.a.weight, w0) and torch.equal(m.c, c0)
+    assert sorted(released) == sorted([torch.Size([256, 256]), torch.Size([128, 256])])  # once each
+    assert arena.used == 256 * 256 * 4 + 128 * 256 * 4
+
+
+def test_off_switch_training_loads_and_thp_mode(ckpt, tmp_path, monkeypatch):
+    from olmo2.checkpoint import load_model
+    monkeypatch.setenv("OLMO2_HUGEPAGES", "0")
+    m = load_model(ckpt, quant="int8")
+    assert m.hugepages is None and hugepages.why_not(m) == "OLMO2_HUGEPAGES=0"
+    monkeypatch.delenv("OLMO2_HUGEPAGES")
+    assert getattr(load_model(ckpt), "hugepages", None) is None  # quant=None: training, conversion
+    f = tmp_path / "enabled"
+    for text, mode in (("always [madvise] never\n", "madvise"), ("[always] madvise never", "always"),
+                       ("always madvise [never]", "never"), ("garbage", "")):
+        f.write_text(text)
+        assert hugepages.thp_mode(str(f)) == mode
+    assert hugepages.thp_mode(str(tmp_path / "absent")) == ""
+    monkeypatch.setattr(hugepages, "thp_mode", lambda path=None: "never")
+    assert hugepages.why_not(m) == "transparent huge pages are never in this kernel"
+    assert hugepages.into_huge_pages(m) is None
