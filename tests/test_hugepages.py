@@ -152,3 +152,14 @@ def test_off_switch_training_loads_and_thp_mode(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(hugepages, "thp_mode", lambda path=None: "never")
     assert hugepages.why_not(m) == "transparent huge pages are never in this kernel"
     assert hugepages.into_huge_pages(m) is None
+
+
+def test_why_not_never_builds_a_state_dict(ckpt, monkeypatch):
+    """A quantized embedding table's state_dict converts the whole mapped fp32 table (0.77
+    GiB of file pages read, seconds of work for the 1B): the check must not call it."""
+    from olmo2.checkpoint import load_model
+    monkeypatch.setenv("OLMO2_HUGEPAGES", "0")
+    m = load_model(ckpt, quant="int8")
+    monkeypatch.delenv("OLMO2_HUGEPAGES")
+    monkeypatch.setattr(m, "state_dict", lambda *a, **k: pytest.fail("state_dict() called"))
+    hugepages.why_not(m)

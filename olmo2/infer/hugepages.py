@@ -74,7 +74,9 @@ def why_not(model: nn.Module) -> str:
     mode = thp_mode()
     if mode not in ("always", "madvise"):
         return f"transparent huge pages are {mode or 'unavailable'} in this kernel"
-    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+    # parameters and buffers, not state_dict(): a quantized embedding table's state_dict
+    # converts the whole mapped fp32 table (quant/linear.py _RowTable)
+    if any(t.device.type != "cpu" for t in list(model.parameters()) + list(model.buffers())):
         return "weights not on the CPU"
     return ""
 
