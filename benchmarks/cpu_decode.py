@@ -137,10 +137,10 @@ def worker_olmo2(args) -> dict:
     from olmo2.infer.generate import iter_tokens
     from olmo2.infer.sampling import SamplingParams
     t = time.perf_counter()
-    if args.precision == "fp32":
+    if "quant" in inspect.signature(load_model).parameters:  # as `olmo2 generate --quant P` (fp32: none)
+        model = load_model(args.model, dtype=torch.float32, quant="none" if args.precision == "fp32" else args.precision)
+    elif args.precision == "fp32":
         model = load_model(args.model, dtype=torch.float32)
-    elif "quant" in inspect.signature(load_model).parameters:
-        model = load_model(args.model, quant=args.precision)
     elif args.precision == "bf16":
         model = load_model(args.model, dtype=torch.bfloat16)
     else:

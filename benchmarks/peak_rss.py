@@ -124,10 +124,8 @@ def run_one(args) -> dict:
     if args.baseline:
         return dict(phases=ph.rows, peak=max(r["peak"] for r in ph.rows))
     t = time.perf_counter()
-    if args.precision == "fp32":
-        model = load_model(args.model, dtype=torch.float32)
-    else:
-        model = load_model(args.model, quant=args.precision)
+    # as `olmo2 generate --quant P` loads it (fp32: --quant none, the CLI's default)
+    model = load_model(args.model, dtype=torch.float32, quant="none" if args.precision == "fp32" else args.precision)
     load_s = time.perf_counter() - t
     ph.mark("load_model")
     V = model.config.vocab_size

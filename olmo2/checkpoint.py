@@ -335,7 +335,7 @@ def _into_huge_pages(model: Olmo2, release) -> None:
     (olmo2/infer/hugepages.py; 1.2-1.4x decode on this host), the arena kept as
     `model.hugepages` (None where it does not apply: `hugepages.why_not` says why)."""
     from olmo2.infer.hugepages import into_huge_pages
-    model.hugepages = into_huge_pages(model, release)
+    model.hugepages = into_huge_pages(model, release, owned=True)  # just loaded: no one else holds them
 
 
 def load_float(d: Path, dtype: torch.dtype | None, device: str | torch.device = "cpu") -> Olmo2:

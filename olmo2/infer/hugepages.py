@@ -21,10 +21,11 @@ it, mapped or not) are copied, one by one, into a single anonymous mapping align
 and marked MADV_HUGEPAGE, and the modules are pointed at the copies (Parameters keep their
 identity: `p.data` is swapped). One mapping for all of them wastes at most one partly used
 huge page; a huge page per tensor would waste up to 2 MiB on each of the 1B's ~340 tensors.
-Each source is let go as soon as its copy exists: `release(t)` drops a memory-mapped
-checkpoint's pages (olmo2/checkpoint.py release_pages) and freed heap goes back to the OS
-(quant/swap.py return_free_memory), so the peak stays the weights plus one tensor and the
-resident set after the move is what it was before. The copies are bit-for-bit the same
+Each source is let go block by block (32 MiB) as its copy is made: a memory-mapped
+checkpoint's pages are dropped (olmo2/checkpoint.py release_pages), a freshly loaded
+model's own heap blocks are dropped too (MADV_DONTNEED, then freed; quant/swap.py
+return_free_memory gives the heap back), so the peak stays the weights plus one block and
+the resident set after the move is what it was before (benchmarks/peak_rss.py). The copies are bit-for-bit the same
 tensors: logits do not change (tests/test_hugepages.py).
 
 When it does not apply (`why_not` says, and the model is left as it was):
@@ -52,6 +53,7 @@ from torch import nn
 HUGE = 2 << 20          # the x86-64 transparent huge page
 ALIGN = 64              # each tensor starts on a cache line, as torch's own allocator does
 MIN_BYTES = 64 << 10    # smaller tensors (norm weights) are a page or two: no walks to save
+BLOCK = 32 << 20        # bytes copied before their source is let go (_copy_releasing)
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -117,16 +119,21 @@ class Arena:
         self._mm.madvise(mmap.MADV_HUGEPAGE, self._start, self.size)
         self.used = 0
 
-    def place(self, t: torch.Tensor) -> torch.Tensor:
-        """A copy of contiguous `t` inside the arena (same dtype, shape and values)."""
+    def alloc(self, t: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor like contiguous `t` (dtype, shape) in the arena's next bytes."""
         n = t.numel() * t.element_size()
         off = (self.used + ALIGN - 1) // ALIGN * ALIGN
         if off + n > self.size:
             raise ValueError(f"arena of {self.size} bytes has no room for {n} more at {off}")
-        dst = torch.frombuffer(self._mm, dtype=torch.uint8, count=n, offset=self._start + off)
-        dst = dst.view(t.dtype).view(t.shape) if n else torch.empty(t.shape, dtype=t.dtype)
-        dst.copy_(t)
         self.used = off + n
+        if not n:
+            return torch.empty(t.shape, dtype=t.dtype)
+        return torch.frombuffer(self._mm, dtype=torch.uint8, count=n, offset=self._start + off).view(t.dtype).view(t.shape)
+
+    def place(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy of contiguous `t` inside the arena (same dtype, shape and values)."""
+        dst = self.alloc(t)
+        dst.copy_(t)
         return dst
 
     def contains(self, t: torch.Tensor) -> bool:
@@ -159,9 +166,52 @@ def assign(module: nn.Module, name: str, t: torch.Tensor) -> None:
         module._buffers[name] = t
 
 
-def into_huge_pages(model: nn.Module, release: Callable[[torch.Tensor], bool] | None = None) -> Arena | None:
+def _drop_pages(t: torch.Tensor) -> None:
+    """MADV_DONTNEED over the whole pages inside contiguous `t`'s bytes: they leave the
+    resident set, and read back as zeros. Only for memory about to be freed that nothing
+    else reads: the allocator's own bookkeeping lies outside a block's data (before its
+    first byte, after its last), so it is never inside such a page."""
+    page = mmap.PAGESIZE
+    lo = -(-t.data_ptr() // page) * page
+    hi = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+    if hi > lo:
+        _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), mmap.MADV_DONTNEED)
+
+
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
+def _copy_releasing(dst: torch.Tensor, src: torch.Tensor, release, owned: bool) -> None:
+    """dst[:] = src in blocks of BLOCK bytes cut at page boundaries, each block of the source
+    let go as soon as it is copied: `release(block)` (a mapped checkpoint's pages; True if it
+    took it), else, if `owned`, its pages dropped. So a move's transient is one block, not
+    one tensor (the 1B's fp32 LM head is 0.77 GiB)."""
+    d8, s8 = dst.reshape(-1).view(torch.uint8), src.reshape(-1).view(torch.uint8)
+    n, p0 = s8.numel(), s8.data_ptr()
+    a = 0
+    while a < n:
+        b = min(n, (p0 + a) // BLOCK * BLOCK + BLOCK - p0)  # next BLOCK boundary of the address
+        d8[a:b].copy_(s8[a:b])
+        if not (release is not None and release(s8[a:b])) and owned:
+            _drop_pages(s8[a:b])
+        a = b
+
+
+def into_huge_pages(model: nn.Module, release: Callable[[torch.Tensor], bool] | None = None,
+                    owned: bool = False) -> Arena | None:
     """Move the tensors a decode streams into one huge-page arena, in place (module
-    docstring); `release(t)` is called on each source once its copy exists. Returns the
+    docstring). As each block of a source is copied, `release(block)` is called on it (a
+    memory-mapped checkpoint's pages: olmo2.checkpoint.release_pages) and, if that does not
+    take it and `owned` (the caller vouches that nothing but the model's modules holds
+    these tensors, as for a model just loaded), its pages are dropped at once. Returns the
     arena, or None (model untouched) where `why_not(model)` gives a reason."""
     if why_not(model):
         return None
@@ -175,9 +225,8 @@ def into_huge_pages(model: nn.Module, release: Callable[[torch.Tensor], bool] | 
         for i, (m, name, t) in enumerate(items):
             new = moved.get(id(t))
             if new is None:
-                new = moved[id(t)] = arena.place(t)
-                if release is not None:
-                    release(t)
+                new = moved[id(t)] = arena.alloc(t)
+                _copy_releasing(new, t, release, owned)
             assign(m, name, new)
             items[i] = None  # drop our reference: the source can be freed now
             del t
