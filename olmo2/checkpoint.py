@@ -8,7 +8,9 @@
 Loading is lazy and memory-mapped: the model is built on the `meta` device (no storage),
 then each tensor is read from the mmapped safetensors file, cast if needed, and *assigned*
 as the parameter. Peak memory is therefore one model plus one tensor, never two models —
-a 1B fp32 checkpoint (5.9 GB) loads in about 6 GB of RSS.
+a 1B fp32 checkpoint (5.9 GB) loads in about 6 GB of RSS. An inference load (`quant`
+given) then copies the weights a decode streams into huge pages, releasing the mapped
+pages block by block as it goes (olmo2/infer/hugepages.py), so its RSS stays the same.
 
 Every way a checkpoint can be wrong (missing dir, no config, unknown model_type, truncated
 or corrupt safetensors, missing/unexpected/mis-shaped tensors) raises `CheckpointError`
