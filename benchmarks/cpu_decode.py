@@ -285,6 +285,30 @@ def spawn(args, worker: str, model: str, precision: str = "", compile: bool = Fa
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def parse_one_model(doc: str, precisions, *, tokens: int, prompt_len: int, quick: dict):
+    """(args, checkpoint dir) for the one-model A/B scripts (fused_decode_ab.py,
+    hugepages_ab.py): --model or the random --preset checkpoint, --precision, --threads,
+    --rounds, --tokens, --prompt-len, and --quick (a smoke run: tiny-demo, with `quick`'s
+    overrides of the other arguments)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="checkpoint dir (default: the random --preset checkpoint)")
+    ap.add_argument("--preset", default="olmo2-1b")
+    ap.add_argument("--precision", choices=tuple(precisions), default="int4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=tokens, help="timed greedy steps per side per round")
+    ap.add_argument("--prompt-len", type=int, default=prompt_len)
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny-demo preset, " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in quick.items()))
+    args = ap.parse_args()
+    if args.quick:
+        args.preset = "tiny-demo"
+        for k, v in quick.items():
+            setattr(args, k, v)
+    cache = Path(os.environ.get("OLMO2_CACHE", "/tmp/olmo2-bench")) / "bench"
+    return args, (Path(args.model) if args.model else ensure_checkpoint(args.preset, cache))
+
+
 def olmo2_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "olmo2", *argv], capture_output=True, text=True, cwd=REPO)
 

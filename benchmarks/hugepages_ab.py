@@ -21,7 +21,6 @@ than within one.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -31,32 +30,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_decode import cpu_description, ensure_checkpoint  # noqa: E402
+from cpu_decode import cpu_description, parse_one_model  # noqa: E402
 from quant_kernels import bandwidth_probe  # noqa: E402
 
 QUANT = {"fp32": "none", "bf16": "bf16", "int8": "int8", "int4": "int4"}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="checkpoint dir (default: the random --preset checkpoint)")
-    ap.add_argument("--preset", default="olmo2-1b")
-    ap.add_argument("--precision", choices=tuple(QUANT), default="int4")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=16, help="timed greedy steps per side per round")
-    ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--quick", action="store_true", help="tiny-demo preset, 2 rounds of 4 tokens")
-    args = ap.parse_args()
-    if args.quick:
-        args.preset, args.rounds, args.tokens = "tiny-demo", 2, 4
+    args, model_dir = parse_one_model(__doc__, QUANT, tokens=16, prompt_len=16, quick=dict(rounds=2, tokens=4))
     from olmo2.checkpoint import load_model
     from olmo2.infer import hugepages
     from olmo2.infer.decoder import Decoder
 
     torch.set_num_threads(args.threads)
-    cache = Path(os.environ.get("OLMO2_CACHE", "/tmp/olmo2-bench")) / "bench"
-    model_dir = Path(args.model) if args.model else ensure_checkpoint(args.preset, cache)
     os.environ["OLMO2_HUGEPAGES"] = "0"
     model = load_model(model_dir, dtype=torch.float32, quant=QUANT[args.precision])
     del os.environ["OLMO2_HUGEPAGES"]
