@@ -137,22 +137,38 @@ def test_shared_tensor_moved_once_and_sources_released():
 
 
 @needs_thp
-@pytest.mark.parametrize("owned", [False, True])
-def test_owned_sources_are_dropped_block_by_block(monkeypatch, owned):
-    """`owned`: a source's pages leave the resident set as soon as each block is copied (the
-    load's transient is one block, not the largest tensor); otherwise it is left intact."""
+def test_owned_sources_are_dropped_block_by_block(monkeypatch):
+    """`owned`: each block of a source is dropped as soon as it is copied (the load's
+    transient is one block, not the largest tensor)."""
     monkeypatch.setattr(hugepages, "BLOCK", 1 << 20)  # several blocks in a 4 MiB tensor
+    dropped = []
+    monkeypatch.setattr(hugepages, "_drop_pages", lambda t: dropped.append(t.numel()))
     lin = nn.Linear(1024, 1024, bias=False)
-    src = lin.weight.detach()  # the test keeps a handle on the source to look at it afterwards
-    want = src.clone()
-    arena = hugepages.into_huge_pages(lin, owned=owned)
+    want = lin.weight.detach().clone()
+    arena = hugepages.into_huge_pages(lin, owned=True)
     assert torch.equal(lin.weight, want) and arena.contains(lin.weight)
-    page = 4096 // 4
-    inner = src.reshape(-1)[2 * page:-2 * page]  # whole pages, away from the ends
-    if owned:
-        assert not inner.any(), "dropped pages read back as zeros"
-    else:
-        assert torch.equal(src, want)
+    assert len(dropped) >= 4 and sum(dropped) == 1024 * 1024 * 4  # every byte, block by block
+
+
+@needs_thp
+def test_owned_source_with_another_user_is_left_intact():
+    """Even when the caller vouches for `owned`, a source whose storage has another user (a
+    view; a packed copy built around it) is never dropped: that user reads it afterwards."""
+    lin = nn.Linear(1024, 1024, bias=False)
+    other = lin.weight.detach()  # shares the storage, as a kernel's packed wrapper might
+    want = other.clone()
+    hugepages.into_huge_pages(lin, owned=True)
+    assert torch.equal(other, want) and torch.equal(lin.weight, want)
+
+
+def test_drop_pages_zeroes_whole_inner_pages_only():
+    buf = torch.arange(1, 5 * 4096 // 4 + 1, dtype=torch.float32)  # 5 pages' worth, no zero in it
+    want = buf.clone()
+    part = buf[100:-100]
+    hugepages._drop_pages(part)
+    zero = buf == 0
+    assert zero.sum() >= 3 * 1024 - 1 and not zero[:100].any() and not zero[-100:].any()
+    assert torch.equal(buf[~zero], want[~zero])
 
 
 def test_off_switch_training_loads_and_thp_mode(ckpt, tmp_path, monkeypatch):
@@ -182,3 +198,22 @@ def test_why_not_never_builds_a_state_dict(ckpt, monkeypatch):
     monkeypatch.delenv("OLMO2_HUGEPAGES")
     monkeypatch.setattr(m, "state_dict", lambda *a, **k: pytest.fail("state_dict() called"))
     hugepages.why_not(m)
+
+
+@needs_thp
+@pytest.mark.parametrize("quant", ["int8", "none"])
+def test_a_fresh_load_lets_every_source_block_go(ckpt, monkeypatch, quant):
+    """What keeps the load's peak at the weights plus one block: a quantized load's own heap
+    tensors are sole users of their storage, so their pages are dropped; an fp32 load's
+    mapped checkpoint pages are released to the file instead."""
+    from olmo2 import checkpoint
+    dropped, released = [], []
+    monkeypatch.setattr(hugepages, "_drop_pages", lambda t: dropped.append(t.numel()))
+    real = checkpoint.release_pages
+    monkeypatch.setattr(checkpoint, "release_pages", lambda t: real(t) and not released.append(t.numel()))
+    m = _load(ckpt, quant, True)
+    moved = sum(t.numel() * t.element_size() for t in m.state_dict().values() if m.hugepages.contains(t))
+    if quant == "none":
+        assert sum(released) == moved and not dropped
+    else:
+        assert sum(dropped) == moved  # (released: the quantizer's own drops of the fp32 pages)

@@ -189,11 +189,24 @@ def _libc():
     return _LIBC[0]
 
 
+def _sole_user(t: torch.Tensor) -> bool:
+    """Whether `t` is the only tensor on its storage (no view of it, and no packed copy that a
+    kernel built around it, such as fbgemm's, holds it). Asks torch's storage use count (a
+    private call: where it is missing, the answer is no): `t` itself and the storage object
+    made to ask are the two uses."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return False
+    s = t.untyped_storage()
+    return count(s._cdata) <= 2 and s.nbytes() == t.numel() * t.element_size()
+
+
 def _copy_releasing(dst: torch.Tensor, src: torch.Tensor, release, owned: bool) -> None:
     """dst[:] = src in blocks of BLOCK bytes cut at page boundaries, each block of the source
     let go as soon as it is copied: `release(block)` (a mapped checkpoint's pages; True if it
-    took it), else, if `owned`, its pages dropped. So a move's transient is one block, not
-    one tensor (the 1B's fp32 LM head is 0.77 GiB)."""
+    took it), else, if `owned` and nothing else uses the source's storage, its pages dropped.
+    So a move's transient is one block, not one tensor (the 1B's fp32 LM head is 0.77 GiB)."""
+    owned = owned and _sole_user(src)  # asked before the views below add uses of their own
     d8, s8 = dst.reshape(-1).view(torch.uint8), src.reshape(-1).view(torch.uint8)
     n, p0 = s8.numel(), s8.data_ptr()
     a = 0
