@@ -285,11 +285,11 @@ def spawn(args, worker: str, model: str, precision: str = "", compile: bool = Fa
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def parse_one_model(doc: str, precisions, *, tokens: int, prompt_len: int, quick: dict):
+def parse_one_model(doc: str, precisions, *, tokens: int, prompt_len: int, quick: dict, extra=None):
     """(args, checkpoint dir) for the one-model A/B scripts (fused_decode_ab.py,
     hugepages_ab.py): --model or the random --preset checkpoint, --precision, --threads,
     --rounds, --tokens, --prompt-len, and --quick (a smoke run: tiny-demo, with `quick`'s
-    overrides of the other arguments)."""
+    overrides of the other arguments); `extra(parser)` adds a script's own."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint dir (default: the random --preset checkpoint)")
     ap.add_argument("--preset", default="olmo2-1b")
@@ -300,6 +300,8 @@ def parse_one_model(doc: str, precisions, *, tokens: int, prompt_len: int, quick
     ap.add_argument("--prompt-len", type=int, default=prompt_len)
     ap.add_argument("--quick", action="store_true",
                     help="tiny-demo preset, " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in quick.items()))
+    if extra is not None:
+        extra(ap)
     args = ap.parse_args()
     if args.quick:
         args.preset = "tiny-demo"

@@ -217,3 +217,33 @@ def test_a_fresh_load_lets_every_source_block_go(ckpt, monkeypatch, quant):
         assert sum(released) == moved and not dropped
     else:
         assert sum(dropped) == moved  # (released: the quantizer's own drops of the fp32 pages)
+
+
+@needs_thp
+def test_decoder_cache_in_huge_pages_same_tokens(ckpt, monkeypatch):
+    """A zeroed KV cache from HUGE_CACHE_BYTES up lives in an arena (a long chat's cache is
+    streamed every step): zeros to start with, the same tokens as torch's buffers."""
+    from olmo2.infer import kvcache
+    from olmo2.infer.decoder import Decoder
+    m = _load(ckpt, "int8", True)
+    toks = []
+    for huge in (False, True):
+        monkeypatch.setattr(kvcache, "HUGE_CACHE_BYTES", 1 if huge else 1 << 60)
+        dec = Decoder(m, 1, 48)
+        k0 = dec.cache.k[0]
+        assert (_smaps_field(k0.data_ptr(), "THPeligible") == 1) == huge
+        assert not any(t.any() for t in dec.cache.k + dec.cache.v)  # zeroed either way
+        with torch.inference_mode():
+            nxt = dec.start(torch.arange(3, 19)[None]).argmax(-1)
+            out = []
+            for _ in range(12):
+                nxt = dec.step(nxt).argmax(-1)
+                out.append(int(nxt))
+        toks.append(out)
+    assert toks[0] == toks[1]
+    monkeypatch.setenv("OLMO2_HUGEPAGES", "0")
+    plain = kvcache.KVCache(2, 1, 2, 64, 64, zeroed=True)
+    assert _smaps_field(plain.k[0].data_ptr(), "THPeligible") != 1 or hugepages.thp_mode() == "always"
+    monkeypatch.delenv("OLMO2_HUGEPAGES")
+    unzeroed = kvcache.KVCache(2, 1, 2, 64, 64)  # the prefix path's cache: torch.empty
+    assert _smaps_field(unzeroed.k[0].data_ptr(), "THPeligible") != 1 or hugepages.thp_mode() == "always"

@@ -67,8 +67,9 @@ def thp_mode(path: str = THP_ENABLED) -> str:
     return text[start + 1:end] if 0 <= start < end else ""
 
 
-def why_not(model: nn.Module) -> str:
-    """'' if `into_huge_pages(model)` would move the weights, else the reason it would not."""
+def why_not(model: nn.Module | None = None) -> str:
+    """'' if `into_huge_pages(model)` would move the weights (without a model: if huge pages
+    apply at all, as for olmo2/infer/kvcache.py's buffers), else the reason they do not."""
     if os.environ.get("OLMO2_HUGEPAGES", "1").strip() == "0":
         return "OLMO2_HUGEPAGES=0"
     if not hasattr(mmap, "MADV_HUGEPAGE"):
@@ -78,7 +79,7 @@ def why_not(model: nn.Module) -> str:
         return f"transparent huge pages are {mode or 'unavailable'} in this kernel"
     # parameters and buffers, not state_dict(): a quantized embedding table's state_dict
     # converts the whole mapped fp32 table (quant/linear.py _RowTable)
-    if any(t.device.type != "cpu" for t in list(model.parameters()) + list(model.buffers())):
+    if model is not None and any(t.device.type != "cpu" for t in list(model.parameters()) + list(model.buffers())):
         return "weights not on the CPU"
     return ""
 
@@ -119,16 +120,21 @@ class Arena:
         self._mm.madvise(mmap.MADV_HUGEPAGE, self._start, self.size)
         self.used = 0
 
-    def alloc(self, t: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor like contiguous `t` (dtype, shape) in the arena's next bytes."""
-        n = t.numel() * t.element_size()
+    def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of `shape` and `dtype` in the arena's next bytes. Not yet written memory
+        of the arena reads as zeros (a fresh anonymous mapping)."""
+        n = torch.Size(shape).numel() * dtype.itemsize
         off = (self.used + ALIGN - 1) // ALIGN * ALIGN
         if off + n > self.size:
             raise ValueError(f"arena of {self.size} bytes has no room for {n} more at {off}")
         self.used = off + n
         if not n:
-            return torch.empty(t.shape, dtype=t.dtype)
-        return torch.frombuffer(self._mm, dtype=torch.uint8, count=n, offset=self._start + off).view(t.dtype).view(t.shape)
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(self._mm, dtype=torch.uint8, count=n, offset=self._start + off).view(dtype).view(shape)
+
+    def alloc(self, t: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor like contiguous `t` (dtype, shape) in the arena's next bytes."""
+        return self.empty(t.shape, t.dtype)
 
     def place(self, t: torch.Tensor) -> torch.Tensor:
         """A copy of contiguous `t` inside the arena (same dtype, shape and values)."""
