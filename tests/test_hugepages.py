@@ -44,6 +44,17 @@ def _load(ckpt, quant, huge: bool):
             os.environ["OLMO2_HUGEPAGES"] = old
 
 
+def _greedy(dec, n: int = 12) -> list[int]:
+    """`n` greedy tokens of Decoder `dec` after a fixed 16-token prompt."""
+    with torch.inference_mode():
+        nxt = dec.start(torch.arange(3, 19)[None]).argmax(-1)
+        out = []
+        for _ in range(n):
+            nxt = dec.step(nxt).argmax(-1)
+            out.append(int(nxt))
+    return out
+
+
 def _smaps_field(addr: int, field: str) -> int | None:
     """`field` (kB, as an int) of the /proc/self/smaps mapping holding `addr`."""
     inside = False
@@ -91,13 +102,7 @@ def test_decoder_tokens_equal_after_the_move(ckpt):
     for huge in (False, True):
         m = _load(ckpt, "int4", huge)
         dec = Decoder(m, 1, 40)
-        with torch.inference_mode():
-            nxt = dec.start(torch.arange(3, 19)[None]).argmax(-1)
-            out = []
-            for _ in range(12):
-                nxt = dec.step(nxt).argmax(-1)
-                out.append(int(nxt))
-        toks.append(out)
+        toks.append(_greedy(dec))
     assert toks[0] == toks[1]
 
 
@@ -233,13 +238,7 @@ def test_decoder_cache_in_huge_pages_same_tokens(ckpt, monkeypatch):
         k0 = dec.cache.k[0]
         assert (_smaps_field(k0.data_ptr(), "THPeligible") == 1) == huge
         assert not any(t.any() for t in dec.cache.k + dec.cache.v)  # zeroed either way
-        with torch.inference_mode():
-            nxt = dec.start(torch.arange(3, 19)[None]).argmax(-1)
-            out = []
-            for _ in range(12):
-                nxt = dec.step(nxt).argmax(-1)
-                out.append(int(nxt))
-        toks.append(out)
+        toks.append(_greedy(dec))
     assert toks[0] == toks[1]
     monkeypatch.setenv("OLMO2_HUGEPAGES", "0")
     plain = kvcache.KVCache(2, 1, 2, 64, 64, zeroed=True)
