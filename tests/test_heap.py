@@ -32,10 +32,10 @@ dec = Decoder(model, 1, 130)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 with torch.inference_mode():
-    for _ in range(2):  # the heap settles
+    for _ in range(3):  # the heap settles
         dec.reset(); dec.start(ids)
     f0 = faults()
-    for _ in range(3):
+    for _ in range(8):
         dec.reset(); dec.start(ids)
 print(int(keep_freed_memory()), faults() - f0)
 """
@@ -59,10 +59,11 @@ def test_freed_activations_stop_faulting():
     took, kept = _run(None)
     skipped, default = _run("default")
     assert took and not skipped
-    # 3 prefills x 2 blocks. Seen: 5k-23k pages (20-90 MB) faulted in again under glibc's
-    # own thresholds (its dynamic threshold depends on the allocation history), 0-1024 with
-    # them raised (at most one 4 MiB activation once). The control must show the re-faulting,
-    # the raised thresholds must remove nearly all of it.
-    assert default > 2000, default
+    # 8 prefills x 2 blocks, after 3 to settle (with 2 and 3, a kept run sometimes still grew
+    # by one or two 4 MiB activations while measured: 929-1953 pages in 3 of 16 runs). Seen:
+    # 35k-65k pages faulted in again under glibc's own thresholds (its dynamic threshold
+    # depends on the allocation history), 0-2 with them raised (28 runs). The control must
+    # show the re-faulting, the raised thresholds must remove nearly all of it.
+    assert default > 8000, default
     assert kept <= 1100 and kept * 4 < default, (kept, default)
 
