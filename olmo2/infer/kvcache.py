@@ -37,8 +37,8 @@ from torch import nn
 #: so a long chat's cache is streamed like the weights. After a 1536-token prompt the int4 1B
 #: decoded 1.20x faster per round (median of 6, range 0.98-1.30x; 64.0 vs 54.1 ms a token)
 #: with its 0.38 GiB cache in huge pages (benchmarks/hugepages_ab.py --cache). Only zeroed caches
-#: (the Decoder's): they are written whole at once, so the 2 MiB pages add no resident memory;
-#: smaller ones would round up to a 2 MiB page each.
+#: (the Decoder's): torch.zeros made them resident whole anyway, so 2 MiB pages cost no memory
+#: (the arena's fresh pages read as zeros unwritten); smaller ones would each round up to one.
 HUGE_CACHE_BYTES = 8 << 20
 
 
