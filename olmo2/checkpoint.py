@@ -334,7 +334,7 @@ def load_model(path_or_id: str | os.PathLike, dtype: torch.dtype | str = torch.f
 
 def _into_huge_pages(model: Olmo2, release) -> None:
     """An inference load's last step: the weights a decode streams move into huge pages
-    (olmo2/infer/hugepages.py; 1.2-1.4x decode on this host), the arena kept as
+    (olmo2/infer/hugepages.py; 1.0-1.4x decode on this host), the arena kept as
     `model.hugepages` (None where it does not apply: `hugepages.why_not` says why)."""
     from olmo2.infer.hugepages import into_huge_pages
     model.hugepages = into_huge_pages(model, release, owned=True)  # just loaded: no one else holds them

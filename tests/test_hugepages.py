@@ -55,19 +55,6 @@ def _greedy(dec, n: int = 12) -> list[int]:
     return out
 
 
-def _smaps_field(addr: int, field: str) -> int | None:
-    """`field` (kB, as an int) of the /proc/self/smaps mapping holding `addr`."""
-    inside = False
-    for ln in open("/proc/self/smaps").read().splitlines():
-        head = ln.split(maxsplit=1)[0] if ln else ""
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= addr < hi
-        elif inside and head == field + ":":
-            return int(ln.split()[1])
-    return None
-
-
 @needs_thp
 @pytest.mark.parametrize("quant", ["none", "bf16", "int8", "int4"])
 def test_inference_load_moves_streamed_tensors_same_logits(ckpt, quant):
@@ -114,7 +101,7 @@ def test_arena_is_marked_for_huge_pages():
     assert torch.equal(t, torch.arange(6 << 18, dtype=torch.float32)) and a.contains(t)
     # the kernel's own word that the madvise took: the mapping may get huge pages (how many
     # it does get depends on free memory; a.huge_bytes() reports it, benchmarks print it)
-    assert _smaps_field(a.base, "THPeligible") == 1
+    assert hugepages.smaps_field(a.base, "THPeligible") == 1
     assert 0 <= a.huge_bytes() <= a.size
     with pytest.raises(ValueError, match="no room"):
         a.place(torch.zeros(1 << 20))
@@ -245,7 +232,7 @@ def test_decoder_cache_in_huge_pages_same_tokens(ckpt, monkeypatch):
         assert len(made) == huge
         if huge:  # every buffer in the arena, and the kernel's own word that it may get huge pages
             assert all(made[0].contains(t) for t in dec.cache.k + dec.cache.v)
-            assert _smaps_field(dec.cache.k[0].data_ptr(), "THPeligible") == 1
+            assert hugepages.smaps_field(dec.cache.k[0].data_ptr(), "THPeligible") == 1
         assert not any(t.any() for t in dec.cache.k + dec.cache.v)  # zeroed either way
         toks.append(_greedy(dec))
     assert toks[0] == toks[1]

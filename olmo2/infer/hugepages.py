@@ -10,10 +10,12 @@ that is a TLB miss, and a page walk, every 4 KiB: 1.25 million walks a token at 
 walks' page-table lines compete with the weights for the caches, and on this shared host,
 whose memory is busy with other tenants, each one costs a memory latency the hardware
 prefetcher cannot hide (it does not run across a 4 KiB boundary). With the weights in 2 MiB
-pages the walks all but vanish: the same step, same process, alternating, ran 1.18-1.36x
-faster at int8 and 1.22-1.35x at int4 (every round), and fp32 1.43x over its memory-mapped
-checkpoint (benchmarks/hugepages_ab.py). llama.cpp maps its GGUF file in 4 KiB page-cache
-pages, and so did olmo2's fp32 path, which is why fp32 trailed it in slow host phases.
+pages the walks all but vanish: the same step, same process, alternating, ran 1.34x (int4),
+1.25x (int8) and 1.24x (bf16) per-round medians, every round above 1.15x
+(benchmarks/hugepages_ab.py); fp32 over its memory-mapped checkpoint 1.00x in a fast host
+phase, 1.43x in a slower one (a scratch run). llama.cpp maps its GGUF file in 4 KiB
+page-cache pages, and so did olmo2's fp32 path: our reading of why fp32 trailed it in slow
+host phases.
 
 How: the tensors a decode streams (every parameter and buffer of at least `MIN_BYTES`,
 except the embedding table's, which a decode only indexes: it stays where the loader put
@@ -49,6 +51,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from olmo2.infer.heap import _glibc
 
 HUGE = 2 << 20          # the x86-64 transparent huge page
 ALIGN = 64              # each tensor starts on a cache line, as torch's own allocator does
@@ -92,17 +96,10 @@ def streamed_tensors(model: nn.Module) -> list[tuple[nn.Module, str, torch.Tenso
     for m in model.modules():  # quantized tables (quant/linear.py _RowTable) stand in embed_tokens
         if isinstance(m, nn.Embedding) or m is embed:
             skip.update(id(t) for t in list(m.parameters()) + list(m.buffers()))
-    out, seen = [], set()
-    for m in model.modules():
-        for name, t in list(m._parameters.items()) + list(m._buffers.items()):
-            if (t is None or id(t) in skip or t.layout is not torch.strided or not t.is_contiguous()
-                    or t.device.type != "cpu" or t.numel() * t.element_size() < MIN_BYTES):
-                continue
-            key = (id(m), name)
-            if key not in seen:
-                seen.add(key)
-                out.append((m, name, t))
-    return out
+    return [(m, name, t) for m in model.modules()  # each module once
+            for name, t in list(m._parameters.items()) + list(m._buffers.items())
+            if not (t is None or id(t) in skip or t.layout is not torch.strided or not t.is_contiguous()
+                    or t.device.type != "cpu" or t.numel() * t.element_size() < MIN_BYTES)]
 
 
 class Arena:
@@ -146,21 +143,27 @@ class Arena:
         return self.base <= t.data_ptr() < self.base + self.size
 
     def huge_bytes(self) -> int:
-        """Bytes of this mapping the kernel backs with huge pages now (/proc/self/smaps's
-        AnonHugePages of its mapping; 0 where that file is unreadable)."""
-        try:
-            lines = open("/proc/self/smaps").read().splitlines()
-        except OSError:
-            return 0
-        inside = False
-        for ln in lines:
-            head = ln.split(maxsplit=1)[0] if ln else ""
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= self.base < hi
-            elif inside and head == "AnonHugePages:":
-                return int(ln.split()[1]) * 1024
-        return 0
+        """Bytes of this mapping the kernel backs with huge pages now (its AnonHugePages in
+        /proc/self/smaps; 0 where that is unreadable)."""
+        return (smaps_field(self.base, "AnonHugePages") or 0) * 1024
+
+
+def smaps_field(addr: int, field: str) -> int | None:
+    """`field` of the mapping holding address `addr` in /proc/self/smaps, as the int it gives
+    (kB for sizes; THPeligible is 0/1), or None (no such mapping or field, or no smaps)."""
+    try:
+        lines = open("/proc/self/smaps").read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for ln in lines:
+        head = ln.split(maxsplit=1)[0] if ln else ""
+        if "-" in head and not head.endswith(":"):  # a mapping's header line: lo-hi perms ...
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == field + ":":
+            return int(ln.split()[1])
+    return None
 
 
 def assign(module: nn.Module, name: str, t: torch.Tensor) -> None:
@@ -180,19 +183,9 @@ def _drop_pages(t: torch.Tensor) -> None:
     page = mmap.PAGESIZE
     lo = -(-t.data_ptr() // page) * page
     hi = (t.data_ptr() + t.numel() * t.element_size()) // page * page
-    if hi > lo:
-        _libc().madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), mmap.MADV_DONTNEED)
-
-
-_LIBC: list = []
-
-
-def _libc():
-    if not _LIBC:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        _LIBC.append(lib)
-    return _LIBC[0]
+    libc = _glibc()  # the argument above is about glibc's allocator: elsewhere, keep the pages
+    if hi > lo and libc is not None:
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), ctypes.c_int(mmap.MADV_DONTNEED))
 
 
 def _sole_user(t: torch.Tensor) -> bool:
